@@ -1,0 +1,30 @@
+"""glmha: guided low-rank multi-head attention for image restoration and spectral reconstruction.
+
+Public entry points::
+
+    import glmha
+    model = glmha.create_model("restormer", attention="csa")  # official layout
+    glmha.list_models()
+"""
+from .analysis import Profile, profile
+from .attention import list_attentions
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_weights
+from .inference import restore
+from .models import create_model, list_models
+from .validation import InputError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "Profile",
+    "create_model",
+    "list_attentions",
+    "list_models",
+    "load_checkpoint",
+    "profile",
+    "read_state_dict",
+    "restore",
+    "save_weights",
+]

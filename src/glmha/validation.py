@@ -1,0 +1,35 @@
+"""Input checks that turn bad input into one clear message instead of a deep PyTorch error."""
+from __future__ import annotations
+
+import torch
+
+
+class InputError(ValueError):
+    """Raised when a model or function receives input it cannot use; the message says why."""
+
+
+def check_image_batch(x: object, channels: int | None, what: str = "input", check_finite: bool = True) -> None:
+    """Check that ``x`` is a ``B x C x H x W`` floating tensor with ``channels`` channels.
+
+    Skipped while ``torch.compile`` traces, where data-dependent checks would break the graph;
+    compiled models are checked by their eager first call.
+    """
+    if torch.compiler.is_compiling():
+        return
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{what} must be a torch.Tensor of shape B x C x H x W, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(
+            f"{what} must be a 4-D tensor B x C x H x W, got {x.dim()}-D with shape {tuple(x.shape)}"
+            + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
+        )
+    b, c, h, w = x.shape
+    if channels is not None and c != channels:
+        raise InputError(f"{what} has {c} channels but the model expects {channels} (shape {tuple(x.shape)})")
+    if b == 0 or h == 0 or w == 0:
+        raise InputError(f"{what} is empty: shape {tuple(x.shape)} has a zero batch or spatial size")
+    if not x.is_floating_point():
+        raise InputError(f"{what} must be a floating-point tensor, got {x.dtype} (scale images to [0, 1] floats)")
+    if check_finite and not x.is_meta and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"{what} contains {n_bad} non-finite values (NaN or Inf)")

@@ -1,0 +1,22 @@
+import pytest
+
+from glmha.cli import main
+
+
+def test_complexity_table_matches_official_restormer_size(capsys):
+    assert main(["complexity", "--models", "restormer", "--attentions", "csa", "--size", "128", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "| restormer | csa | 26.127 | 38.72 | 77.44 |" in out
+
+
+def test_unknown_model_is_one_clear_line(capsys):
+    assert main(["complexity", "--models", "resnet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glmha complexity: error: unknown model 'resnet'") and "\n" not in err
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["complexity", "--help"])
+    assert info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
