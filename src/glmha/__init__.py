@@ -7,7 +7,7 @@ Public entry points::
     glmha.list_models()
 """
 from .analysis import Profile, profile
-from .attention import list_attentions
+from .attention import list_attentions, swap_attention
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_weights
 from .inference import restore
 from .models import create_model, list_models
@@ -27,4 +27,5 @@ __all__ = [
     "read_state_dict",
     "restore",
     "save_weights",
+    "swap_attention",
 ]

@@ -13,7 +13,9 @@ import torch
 
 from . import create_model, list_models, profile
 from .attention import list_attentions
-from .checkpoint import CheckpointError
+from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
+from .checkpoint import CheckpointError, load_checkpoint
+from .images import builtin_photographs, find_images, read_image, restore_files
 from .validation import InputError
 
 
@@ -25,7 +27,22 @@ class CommandError(RuntimeError):
 def _add_complexity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="models to profile (default: all)")
     parser.add_argument("--attentions", nargs="+", default=None, help="attentions to compare (default: all)")
-    parser.add_argument("--size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"), help="input height and width")
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+        help="input height and width (default: the sizes of the papers' tables, per model)",
+    )
+    parser.add_argument("--sweep", action="store_true", help="instead: one attention layer's cost against C and N")
+    parser.add_argument("--plot", default="complexity_sweep.png", help="PNG of the sweep (default: %(default)s)")
+    parser.add_argument("--sweep-pixels", type=int, default=64 * 64, help="N while C varies (default: %(default)s)")
+    parser.add_argument("--sweep-dim", type=int, default=48, help="C while N varies (default: %(default)s)")
+
+
+# Input sizes of the papers' complexity tables; other models are profiled at 256x256.
+PAPER_SIZES = {
+    "restormer": [(256, 256), (128, 128)],
+    "mst_plus_plus": [(256, 256), (482, 512)],
+    "mst_l": [(256, 256)],
+}
 
 
 def model_size_table(models: list[str], attentions: list[str], height: int, width: int) -> list[dict]:
@@ -39,38 +56,285 @@ def model_size_table(models: list[str], attentions: list[str], height: int, widt
                 except ValueError:
                     continue  # this attention has no implementation for this model's block family
                 stats = profile(model, *model.example_inputs(height, width))
-            rows.append({"model": name, "attention": attention, "params": stats.params, "macs": stats.macs})
+            rows.append({
+                "model": name, "attention": attention, "params": stats.params, "macs": stats.macs,
+                "channels": model.in_channels,
+            })
     return rows
 
 
 def format_size_table(rows: list[dict], height: int, width: int) -> str:
     lines = [
-        f"| model | attention | params (M) | GMACs at {height}x{width} | GFLOPs |",
-        "| --- | --- | ---: | ---: | ---: |",
+        f"| model | attention | params (M) | GMACs at {height}x{width} | GFLOPs | params vs CSA | GMACs vs CSA |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    csa = {r["model"]: r for r in rows if r["attention"] == "csa"}
     for r in rows:
+        base = csa.get(r["model"])
+        versus = (
+            f"{r['params'] - base['params']:+,} | {(r['macs'] - base['macs']) / 1e9:+.2f}" if base else "- | -"
+        )
         lines.append(
-            f"| {r['model']} | {r['attention']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.2f} | {2 * r['macs'] / 1e9:.2f} |"
+            f"| {r['model']} | {r['attention']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.2f} | {2 * r['macs'] / 1e9:.2f} | {versus} |"
         )
     return "\n".join(lines)
 
 
 def _run_complexity(args: argparse.Namespace) -> None:
-    models = args.models or list_models()
+    from .analysis.complexity import attention_sweep, format_sweep, plot_sweep
+
     attentions = args.attentions or list_attentions()
+    unknown = sorted(set(attentions) - set(list_attentions()))
+    if unknown:
+        raise CommandError(f"unknown attention {unknown[0]!r}; available: {list_attentions()}")
+    if args.sweep:
+        if args.sweep_pixels < 1 or args.sweep_dim < 1:
+            raise CommandError("--sweep-pixels and --sweep-dim must be positive")
+        sweepable = [a for a in attentions if a in list_attentions("mdta")]
+        rows = attention_sweep(sweepable, fixed_pixels=args.sweep_pixels, fixed_dim=args.sweep_dim)
+        print(format_sweep(rows))
+        plot_sweep(rows, args.plot)
+        print(f"\nplot saved to {args.plot}")
+        return
+    models = args.models or list_models()
     for name in models:
         if name not in list_models():
             raise CommandError(f"unknown model {name!r}; available: {list_models()}")
-    height, width = args.size
-    print(format_size_table(model_size_table(models, attentions, height, width), height, width))
+    if args.size is not None and min(args.size) < 1:
+        raise CommandError(f"--size must be positive, got {args.size[0]} {args.size[1]}")
+    sizes = {name: [tuple(args.size)] if args.size else PAPER_SIZES.get(name, [(256, 256)]) for name in models}
+    tables = []
+    for height, width in dict.fromkeys(size for name in models for size in sizes[name]):
+        at_size = [name for name in models if (height, width) in sizes[name]]
+        tables.append(format_size_table(model_size_table(at_size, attentions, height, width), height, width))
+    print("\n\n".join(tables))
+
+
+# --------------------------------------------------------------------------- shared: a model from arguments
+def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "restormer", checkpoint_required: bool = False) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default_model, help=f"model name (default: {default_model}); see `glmha complexity`")
+    group.add_argument("--attention", default="csa", help="attention of the model (default: csa, the official one)")
+    group.add_argument("--model-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"dim": 16}\'')
+    group.add_argument("--attention-kwargs", default="{}", metavar="JSON", help='attention options, e.g. \'{"rank_ratio": 0.5}\'')
+    group.add_argument("--checkpoint", required=checkpoint_required, default=None, help="weights: this project's .safetensors or an official .pth")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def _json_argument(text: str, option: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"{option} is not valid JSON ({err.msg}): {text}") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"{option} must be a JSON object like '{{\"dim\": 16}}', got {text}")
+    return value
+
+
+def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
+    """Build ``--model`` with its options, load ``--checkpoint`` and move it to ``--device`` in eval mode."""
+    if args.model not in list_models():
+        raise CommandError(f"unknown model {args.model!r}; available: {list_models()}")
+    try:
+        model = create_model(
+            args.model,
+            attention=args.attention,
+            attention_kwargs=_json_argument(args.attention_kwargs, "--attention-kwargs"),
+            **_json_argument(args.model_kwargs, "--model-kwargs"),
+        )
+    except (TypeError, ValueError) as err:
+        raise CommandError(f"cannot build {args.model!r} with attention {args.attention!r}: {err}") from None
+    if args.checkpoint:
+        try:
+            load_checkpoint(model, args.checkpoint)
+        except CheckpointError as err:
+            lines = str(err).splitlines()
+            if len(lines) == 1:
+                raise
+            # one line: the verdict and the first listed keys, then what to check
+            detail = " ".join(line.strip() for line in lines[1:3])
+            raise CommandError(f"{lines[0].rstrip(':')}: {detail} ...; check --model, --model-kwargs and --attention") from None
+    try:
+        device = torch.device(args.device)
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as err:
+        raise CommandError(f"cannot use device {args.device!r}: {err}") from None
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- rank
+def _add_rank(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="*", help="images (files, folders or globs) to analyse; default: built-in photographs")
+    _add_model_arguments(parser)
+    parser.add_argument("--size", type=int, default=128, help="side of the built-in photographs (default: 128)")
+    parser.add_argument("--num-images", type=int, default=4, help="how many built-in photographs (default: 4, at most 6)")
+    parser.add_argument("--spectrum", choices=SPECTRA, default="singular", help="singular values (default) or eigenvalue magnitudes")
+    parser.add_argument("--output", default="glmha-rank", help="folder for attention_spectrum.png, ranks.md, ranks.json (default: glmha-rank)")
+    parser.add_argument("--suggest", action="store_true", help="print per-layer GLMHA ranks keeping --share of each spectrum")
+    parser.add_argument("--share", type=float, default=0.95, help="spectrum share the suggested ranks keep (default: 0.95)")
+
+
+def _run_rank(args: argparse.Namespace) -> None:
+    if not 0 < args.share <= 1:
+        raise CommandError(f"--share must be in (0, 1], got {args.share}")
+    model = _model_from_args(args)
+    channels = int(getattr(model, "in_channels", 3))
+    if args.images:
+        images = (read_image(path, channels) for path in find_images(args.images))
+    else:
+        images = builtin_photographs(args.num_images, args.size, channels)
+    try:
+        report = analyse_attention(model, images, args.output, args.spectrum, suggest_share=args.share, title=f"{args.model} ({args.attention})")
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print(report.table)
+    print(f"\nwrote {report.plot}, {report.table_path}, {report.ranks_path}")
+    if args.suggest:
+        suggestion = format_rank_suggestion(report, args.model, _json_argument(args.model_kwargs, "--model-kwargs"))
+        print(f"\n# GLMHA ranks keeping {args.share:.0%} of each layer's spectrum:\n{suggestion}")
+
+
+# --------------------------------------------------------------------------- restore
+def _add_restore(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="images to restore: files, folders or glob patterns")
+    _add_model_arguments(parser, checkpoint_required=True)
+    parser.add_argument("--output", required=True, help="folder for the restored PNGs (same names, same sizes)")
+    parser.add_argument("--tile", type=int, default=None, help="run large images in tiles of this side (a multiple of 8)")
+    parser.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels (default: 32)")
+
+
+def _run_restore(args: argparse.Namespace) -> None:
+    paths = find_images(args.images)
+    model = _model_from_args(args)
+    written, failed = restore_files(model, paths, args.output, tile=args.tile, overlap=args.overlap)
+    print(f"restored {len(written)} of {len(paths)} image(s) into {args.output}")
+    if failed:
+        raise CommandError(f"{len(failed)} image(s) could not be read: " + "; ".join(failed))
+
+
+# --------------------------------------------------------------------------- train / evaluate
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment config (YAML), e.g. configs/restormer/deraining_csa.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.total_iters=1000 model.dim=16")
+    parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke (tiny, CPU, built-in data)")
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: the config's output_dir)")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the process's GPU if any)")
+
+
+def _engine_errors():
+    from .data.restoration import DatasetError
+    from .engine import ConfigError
+
+    return (ConfigError, DatasetError, ValueError, TypeError)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .engine import train
+
+    try:
+        result = train(args.config, args.overrides, variant=args.variant, output_dir=args.output_dir,
+                       resume=not args.no_resume, device=args.device)
+    except _engine_errors() as err:
+        raise CommandError(str(err)) from None
+    if result.best:
+        print("best validation: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items()))
+    print(f"weights: {result.weights}")
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the experiment config the model was trained with")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.Test100.root=/data/Test100")
+    parser.add_argument("--checkpoint", default=None, help="weights: .safetensors of a run or an official .pth (default: the run's model.safetensors)")
+    parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke")
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
+    parser.add_argument("--sets", nargs="+", default=None, help="test sets to run (default: all of data.test)")
+    parser.add_argument("--output-dir", default=None, help="where results.csv / results.md go (default: <run>/eval)")
+    parser.add_argument("--tile", type=int, default=None, help="tiled inference for large images")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .engine import evaluate
+
+    try:
+        result = evaluate(args.config, args.checkpoint, args.overrides, variant=args.variant, sets=args.sets,
+                          output_dir=args.output_dir, device=args.device, tile=args.tile)
+    except _engine_errors() as err:
+        raise CommandError(str(err)) from None
+    print(result.markdown)
+    print(f"written: {result.csv_path}, {result.markdown_path}")
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    from .demo import BUDGETS
+
+    parser.add_argument("--output", default="glmha-demo", help="report folder (default: glmha-demo)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: about 10 minutes on 2 CPU cores; tiny: under 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed shared by both models (default: 0)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="run only these built-in tasks (default: all)")
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    try:
+        result = run_demo(args.output, args.budget, args.device, args.seed, args.tasks)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print(f"\n{result.table}\n\nreport: {result.report_md} and {result.report_html} ({result.seconds / 60:.1f} min)")
 
 
 COMMANDS = {
+    "demo": (
+        _add_demo,
+        _run_demo,
+        "train the CSA and the GLMHA version of small models side by side on built-in data; write a report",
+        "glmha demo\n  glmha demo --budget tiny --output /tmp/demo\n  glmha demo --budget long --device cuda --tasks deraining",
+    ),
     "complexity": (
         _add_complexity,
         _run_complexity,
         "parameters and MACs of every model and attention",
-        "glmha complexity\n  glmha complexity --models restormer --size 128 128",
+        "glmha complexity\n  glmha complexity --models restormer --size 128 128\n"
+        "  glmha complexity --sweep --attentions csa glmha linformer performer reformer --plot sweep.png",
+    ),
+    "rank": (
+        _add_rank,
+        _run_rank,
+        "eigen-analysis of the attention maps (paper Fig. 1): spectrum plot, rank table, suggested GLMHA ranks",
+        "glmha rank --checkpoint deraining.pth --suggest\n"
+        "  glmha rank photos/ --model restormer --model-kwargs '{\"dim\": 16}' --checkpoint run/best.safetensors --output rank/\n"
+        "  glmha rank --spectrum eigen --share 0.99 --suggest",
+    ),
+    "restore": (
+        _add_restore,
+        _run_restore,
+        "restore image files (a file, a folder or a glob) with a checkpoint; PNG outputs of the same size",
+        "glmha restore rainy/ --checkpoint deraining.pth --output derained/\n"
+        "  glmha restore 'photos/*.jpg' --checkpoint motion_deblurring.pth --output sharp/ --tile 512 --overlap 32\n"
+        "  glmha restore noisy.png --checkpoint gaussian_color_denoising_blind.pth "
+        "--model-kwargs '{\"layer_norm_type\": \"BiasFree\"}' --output out/ --device cuda",
+    ),
+    "train": (
+        _add_train,
+        _run_train,
+        "train an experiment config (resumes from the run folder's last checkpoint)",
+        "glmha train configs/restormer/deraining_csa.yaml --smoke\n"
+        "  glmha train configs/restormer/deraining_glmha.yaml train.total_iters=1000 data.train.root=/data/Rain13K\n"
+        "  torchrun --nproc_per_node 8 --no-python glmha train configs/restormer/deraining_csa.yaml",
+    ),
+    "evaluate": (
+        _add_evaluate,
+        _run_evaluate,
+        "evaluate a checkpoint with the paper's protocol on the config's test sets (CSV + Markdown)",
+        "glmha evaluate configs/restormer/deraining_csa.yaml --checkpoint deraining.pth\n"
+        "  glmha evaluate configs/restormer/deraining_csa.yaml --smoke --checkpoint runs/smoke/restormer_deraining_csa/model.safetensors",
     ),
 }
 

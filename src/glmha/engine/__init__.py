@@ -1,1 +1,28 @@
+"""Training and evaluation of every task of the papers: ``train(config)``, ``evaluate(config)``.
 
+    from glmha.engine import train, evaluate
+    result = train("configs/restormer/deraining_csa.yaml", ["train.total_iters=20"], variant="smoke")
+    table = evaluate("configs/restormer/deraining_csa.yaml", result.weights, variant="smoke")
+    print(table.markdown)
+"""
+from .config import ConfigError, load_config
+from .evaluate import EvalResult, evaluate
+from .tasks import DATASET_TYPES, LOSSES, TASKS, build_dataset, get_task
+from .trainer import TrainResult, TrainSettings, build_model, latest_checkpoint, train
+
+__all__ = [
+    "ConfigError",
+    "DATASET_TYPES",
+    "EvalResult",
+    "LOSSES",
+    "TASKS",
+    "TrainResult",
+    "TrainSettings",
+    "build_dataset",
+    "build_model",
+    "evaluate",
+    "get_task",
+    "latest_checkpoint",
+    "load_config",
+    "train",
+]

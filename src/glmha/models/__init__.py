@@ -2,5 +2,8 @@
 from .registry import create_model, list_models, register_model
 from . import restormer  # noqa: F401
 from .restormer import Restormer
+from . import mst, mst_plus_plus  # noqa: F401
+from .mst import MST
+from .mst_plus_plus import MSTPlusPlus
 
-__all__ = ["Restormer", "create_model", "list_models", "register_model"]
+__all__ = ["MST", "MSTPlusPlus", "Restormer", "create_model", "list_models", "register_model"]

@@ -1,0 +1,204 @@
+"""Analytic cost of one attention layer, and the same cost measured by the flop counter.
+
+MACs count what :func:`glmha.profile` counts: matrix products and convolutions, per image
+(batch 1). Element-wise work (softmax, L2 norms, the gate, the exponentials of Performer,
+the sorting of Reformer) is left out, as in the papers' tables; docs/attention.md lists it.
+Notation: C channels (``dim``), h heads, c = C/h tokens per head, N pixels, r the GLMHA /
+Linformer rank, m Performer's random features.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ..attention import build_attention, resolve_rank
+from .profile import profile
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    params: int
+    macs: int
+
+
+def mask_width(dim: int, dim_head: int, width: int, dispersion_step: float = 2.0) -> int:
+    """Width of the shifted mask that MST's mask-guided attention reads at this level."""
+    downsample = max(1, dim // dim_head)
+    return width + int(dispersion_step / downsample**2 * (dim - 1))
+
+
+def _mask_guidance(dim: int, mask_pixels: int) -> LayerCost:
+    # MST's mask-guided mechanism: two 1x1 convs and a 5x5 depth-wise conv on the shifted mask, with biases.
+    return LayerCost(params=2 * dim * dim + 25 * dim + 3 * dim, macs=(2 * dim * dim + 25 * dim) * mask_pixels)
+
+
+def attention_cost(
+    name: str,
+    family: str,
+    dim: int,
+    num_heads: int,
+    height: int,
+    width: int,
+    dim_head: int | None = None,
+    mask_guided: bool = False,
+    bias: bool = False,
+    **options,
+) -> LayerCost:
+    """Parameters and MACs of one ``name`` attention layer of ``family`` on an ``height x width`` map.
+
+    ``options`` are the attention's own (``rank_ratio``, ``num_features``, ...), with the
+    same defaults as the modules.
+    """
+    C, h, N = dim, num_heads, height * width
+    if family == "mdta":
+        if name == "csa":
+            params, macs = 4 * C * C + 27 * C + h, (4 * C * C + 2 * C * C // h + 27 * C) * N
+            params += 7 * C if bias else 0
+        elif name == "glmha":
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            params = 2 * C * C + 2 * r * C + 9 * C + 18 * r + h
+            macs = (2 * C * C + 2 * r * C + 2 * C * r // h + 9 * C + 18 * r) * N
+            if options.get("calibration", True):
+                hidden = max(C // options.get("reduction", 8), 4)
+                params, macs = params + 2 * C * hidden, macs + 2 * C * hidden
+            params += 3 * C + 4 * r if bias else 0
+        elif name == "linformer":
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            params = 4 * C * C + 27 * C + h + 2 * r * C // h
+            macs = (4 * C * C + 27 * C + 4 * C * r // h) * N
+            params += 7 * C if bias else 0
+        elif name == "performer":
+            m = options.get("num_features", 64)
+            params, macs = 4 * C * C + 27 * C + h, (4 * C * C + 27 * C + 4 * C * m) * N
+            params += 7 * C if bias else 0
+        elif name == "reformer":
+            tokens = C // h
+            chunk = min(options.get("bucket_size", 16), tokens)
+            n_chunks = math.ceil(tokens / chunk)
+            n_buckets = 2 * math.ceil(n_chunks / 2)
+            n_hashes = options.get("n_hashes", 2)
+            params = 3 * C * C + 18 * C + h
+            hashing = C * n_hashes * n_buckets // 2
+            attention = n_hashes * h * 4 * chunk * chunk * n_chunks  # q.k and a.v over own + previous chunk
+            macs = (3 * C * C + 18 * C + hashing + attention) * N
+            params += 5 * C if bias else 0
+        else:
+            raise ValueError(f"no cost formula for attention {name!r} ({family})")
+        return LayerCost(params, macs)
+
+    if family != "smsa":
+        raise ValueError(f"unknown attention family {family!r}")
+    dim_head = dim_head or C // h
+    inner = h * dim_head
+    linear_bias = inner if bias else 0
+    if name == "csa":
+        params = 3 * C * inner + 3 * linear_bias + h + inner * C + C + 18 * C
+        macs = (3 * C * inner + 2 * inner * dim_head + inner * C + 18 * C) * N
+    elif name == "glmha":
+        r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+        params = C * C + 2 * r * C + (C + 2 * r if bias else 0) + h + C * C + C + 18 * C
+        macs = (2 * C * C + 2 * r * C + 2 * C * r // h + 18 * C) * N
+        if options.get("calibration", True):
+            hidden = max(C // options.get("reduction", 8), 4)
+            params, macs = params + 2 * C * hidden, macs + 2 * C * hidden
+    else:
+        raise ValueError(f"no cost formula for attention {name!r} ({family})")
+    if mask_guided:
+        guidance = _mask_guidance(C, height * mask_width(C, dim_head, width))
+        params, macs = params + guidance.params, macs + guidance.macs
+    return LayerCost(params, macs)
+
+
+def measure_attention(
+    name: str,
+    family: str,
+    dim: int,
+    num_heads: int,
+    height: int,
+    width: int,
+    dim_head: int | None = None,
+    mask_guided: bool = False,
+    bias: bool = False,
+    **options,
+) -> LayerCost:
+    """The same layer built on the meta device and counted by :func:`glmha.profile`."""
+    with torch.device("meta"):
+        if family == "mdta":
+            layer = build_attention(name, family, dim=dim, num_heads=num_heads, bias=bias, **options)
+            inputs: tuple = (torch.zeros(1, dim, height, width),)
+        else:
+            dim_head = dim_head or dim // num_heads
+            layer = build_attention(
+                name, family, dim=dim, num_heads=num_heads, dim_head=dim_head, mask_guided=mask_guided, bias=bias, **options
+            )
+            mask = torch.zeros(1, height, mask_width(dim, dim_head, width), dim) if mask_guided else None
+            inputs = (torch.zeros(1, height, width, dim), mask)
+        stats = profile(layer, *inputs)
+    return LayerCost(stats.params, stats.macs)
+
+
+def attention_sweep(
+    attentions: Iterable[str],
+    dims: Sequence[int] = (16, 32, 64, 128, 256, 512),
+    pixels: Sequence[int] = (32 * 32, 64 * 64, 128 * 128, 256 * 256),
+    fixed_pixels: int = 64 * 64,
+    fixed_dim: int = 48,
+    num_heads: int = 1,
+) -> list[dict]:
+    """One Restormer-style (``mdta``) attention layer's cost against C (at ``fixed_pixels``) and N (at ``fixed_dim``).
+
+    Measured with the flop counter on the meta device. Rows: ``attention``, ``sweep`` ("C" or
+    "N"), ``dim``, ``pixels``, ``params``, ``macs``.
+    """
+    rows = []
+    for attention in attentions:
+        for sweep, points in (("C", [(d, fixed_pixels) for d in dims]), ("N", [(fixed_dim, n) for n in pixels])):
+            for dim, n in points:
+                cost = measure_attention(attention, "mdta", dim, num_heads, 1, n)
+                rows.append({"attention": attention, "sweep": sweep, "dim": dim, "pixels": n, "params": cost.params, "macs": cost.macs})
+    return rows
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """Markdown tables of the sweep, MACs and params relative to CSA's in brackets when CSA is there."""
+    lines = []
+    csa = {(r["sweep"], r["dim"], r["pixels"]): r for r in rows if r["attention"] == "csa"}
+    for sweep, label in (("C", "C (N fixed)"), ("N", "N (C fixed)")):
+        part = [r for r in rows if r["sweep"] == sweep]
+        if not part:
+            continue
+        lines += ["", f"One attention layer against {label}:", "", "| attention | C | N | params | MMACs | MACs / CSA | params / CSA |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in part:
+            base = csa.get((sweep, r["dim"], r["pixels"]))
+            ratio = f"{r['macs'] / base['macs']:.3f}" if base else "-"
+            params_ratio = f"{r['params'] / base['params']:.3f}" if base else "-"
+            lines.append(f"| {r['attention']} | {r['dim']} | {r['pixels']} | {r['params']} | {r['macs'] / 1e6:.2f} | {ratio} | {params_ratio} |")
+    return "\n".join(lines).lstrip("\n")
+
+
+def plot_sweep(rows: list[dict], path: str) -> None:
+    """Save the sweep as a PNG: MACs and params against C, MACs against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = (("C", "dim", "macs", "MACs against C"), ("C", "dim", "params", "params against C"), ("N", "pixels", "macs", "MACs against N"))
+    for ax, (sweep, x_key, y_key, title) in zip(axes, panels):
+        for attention in dict.fromkeys(r["attention"] for r in rows):
+            points = [r for r in rows if r["attention"] == attention and r["sweep"] == sweep]
+            ax.plot([p[x_key] for p in points], [p[y_key] for p in points], marker="o", label=attention)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("C (channels = tokens)" if x_key == "dim" else "N (pixels = embedding)")
+        ax.set_ylabel(y_key)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

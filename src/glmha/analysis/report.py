@@ -1,0 +1,300 @@
+"""Report rendering for ``glmha demo``: side-by-side figures, spectral plots, Markdown and HTML pages.
+
+Figures are PNGs drawn with matplotlib's Agg backend and written atomically. A report is a
+title, an introduction, a results table and sections; each section has Markdown text, tables
+(Markdown pipe tables) and figures. ``report.md`` and ``report.html`` hold the same content and
+refer to the figures by relative path, so the folder can be moved or published as it is.
+"""
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write
+
+if TYPE_CHECKING:  # only for type hints: demo imports this module
+    from ..demo import DemoTask, ModelResult
+
+# Colours of the two attentions in every plot, and of the ground truth.
+COLOURS = {"CSA": "#1f77b4", "GLMHA": "#d62728", "ground truth": "#222222"}
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    figures: list[Figure] = field(default_factory=list)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def _as_rgb(image: torch.Tensor) -> np.ndarray:
+    """``[1 x] C x H x W`` tensor in [0, 1] to an ``H x W x 3`` float array for imshow."""
+    image = image.detach().float().cpu()
+    if image.dim() == 4:
+        image = image[0]
+    if image.shape[0] == 1:
+        image = image.repeat(3, 1, 1)
+    return image[:3].clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ----------------------------------------------------------------------------- image tasks
+def comparison_figure(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], path: str | Path, suptitle: str | None = None) -> Path:
+    """A grid of images: one row per example, one ``(title, image)`` per column."""
+    plt = _pyplot()
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows + (0.3 if suptitle else 0)), dpi=100, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                title, image = row[c]
+                ax.imshow(_as_rgb(image), interpolation="nearest")
+                ax.set_title(title, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- spectral tasks
+def spectral_bands_figure(
+    cubes: Mapping[str, torch.Tensor],
+    wavelengths: Sequence[float],
+    path: str | Path,
+    bands: Sequence[int] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """Selected bands of each ``[1 x] bands x H x W`` cube: one row per cube, one column per band, shared scale."""
+    plt = _pyplot()
+    cubes = {name: (cube[0] if cube.dim() == 4 else cube).detach().float().cpu() for name, cube in cubes.items()}
+    n_bands = len(wavelengths)
+    bands = list(bands) if bands is not None else sorted({round(i * (n_bands - 1) / 4) for i in range(5)})
+    vmax = max(float(cube.max()) for cube in cubes.values()) or 1.0
+    fig, axes = plt.subplots(len(cubes), len(bands), figsize=(1.9 * len(bands), 2.0 * len(cubes) + 0.3), dpi=100, squeeze=False)
+    for r, (name, cube) in enumerate(cubes.items()):
+        for c, band in enumerate(bands):
+            ax = axes[r][c]
+            ax.imshow(cube[band].numpy(), cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{wavelengths[band]:.0f} nm", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def spectral_curves_figure(
+    cubes: Mapping[str, torch.Tensor],
+    wavelengths: Sequence[float],
+    pixels: Sequence[tuple[int, int]],
+    path: str | Path,
+    suptitle: str | None = None,
+) -> Path:
+    """The spectrum of a few pixels (row, column) in each cube, one panel per pixel."""
+    plt = _pyplot()
+    cubes = {name: (cube[0] if cube.dim() == 4 else cube).detach().float().cpu() for name, cube in cubes.items()}
+    fig, axes = plt.subplots(1, len(pixels), figsize=(3.2 * len(pixels), 2.8), dpi=100, squeeze=False)
+    for ax, (row, col) in zip(axes[0], pixels):
+        for name, cube in cubes.items():
+            style = {"linestyle": "--", "linewidth": 1.8} if name == "ground truth" else {"linewidth": 1.3}
+            ax.plot(wavelengths, cube[:, row, col].numpy(), color=COLOURS.get(name), label=name, **style)
+        ax.set_title(f"pixel ({row}, {col})", fontsize=9)
+        ax.set_xlabel("wavelength (nm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25)
+    axes[0][0].set_ylabel("reflectance / intensity", fontsize=8)
+    axes[0][-1].legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple[int, int]]:
+    """``count`` pixels with different spectra: the brightest, the darkest and a seeded random one, away from borders."""
+    cube = cube[0] if cube.dim() == 4 else cube
+    _, h, w = cube.shape
+    margin = max(1, min(h, w) // 8)
+    energy = cube[:, margin : h - margin, margin : w - margin].sum(0)
+    inner_w = energy.shape[1]
+    picks = [int(energy.argmax()), int(energy.argmin())]
+    rng = np.random.default_rng(seed)
+    while len(picks) < count:
+        picks.append(int(rng.integers(energy.numel())))
+    return [(margin + p // inner_w, margin + p % inner_w) for p in picks[:count]]
+
+
+# ----------------------------------------------------------------------------- the demo's figures
+@torch.no_grad()
+def task_figures(
+    task: "DemoTask",
+    models: Mapping[str, torch.nn.Module],
+    test_batches: Sequence[dict],
+    device: torch.device,
+    figures_dir: Path,
+    examples: int = 2,
+) -> list[Figure]:
+    """The figures of one demo task: images side by side; bands and spectral curves for cubes."""
+    from ..engine.tasks import get_task
+
+    engine_task = get_task(task.name)
+    shown = []
+    for batch in test_batches[:examples]:
+        on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        predictions = {name: engine_task.predict(model, on_device).float().cpu() for name, model in models.items()}
+        scores = {name: engine_task.metrics(pred.to(device), on_device) for name, pred in predictions.items()}
+        shown.append((batch, predictions, scores))
+
+    primary = next(iter(task.metrics))
+    figures = []
+    if task.kind == "image":
+        rows = []
+        for batch, predictions, scores in shown:
+            inp = task.figure_inputs(batch) if task.figure_inputs else batch["input"]
+            row = [("input", inp)]
+            row += [(f"{name} {primary.upper()} {float(scores[name][primary].mean()):.2f}", pred) for name, pred in predictions.items()]
+            row.append(("ground truth", batch["target"]))
+            rows.append(row)
+        path = comparison_figure(rows, figures_dir / f"{task.name}_comparison.png")
+        figures.append(Figure(path, f"{task.title}: input, CSA, GLMHA and ground truth on held-out images ({primary.upper()} per image)."))
+        return figures
+
+    wavelengths = task.config.get("wavelengths") or list(range(len(shown[0][0]["target"][0])))
+    batch, predictions, scores = shown[0]
+    rows = [[("input", task.figure_inputs(batch) if task.figure_inputs else batch["input"])]]
+    comparison = comparison_figure(rows, figures_dir / f"{task.name}_input.png")
+    figures.append(Figure(comparison, f"{task.title}: the network input of the example below."))
+    cubes = {"ground truth": batch["target"], **predictions}
+    cubes = {name: cubes[name] for name in ("ground truth", *predictions)}
+    scores_text = ", ".join(f"{name} {primary.upper()} {float(s[primary].mean()):.4f}" for name, s in scores.items())
+    bands = spectral_bands_figure(cubes, wavelengths, figures_dir / f"{task.name}_bands.png")
+    figures.append(Figure(bands, f"{task.title}: five bands of the ground truth and of both reconstructions, same grey scale ({scores_text})."))
+    curves = spectral_curves_figure(cubes, wavelengths, pick_pixels(batch["target"]), figures_dir / f"{task.name}_spectra.png")
+    figures.append(Figure(curves, f"{task.title}: spectra of three pixels (brightest, darkest, random)."))
+    return figures
+
+
+# ----------------------------------------------------------------------------- tables and pages
+def _metric_label(name: str, higher_is_better: bool | None) -> str:
+    arrow = "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
+    return name.upper() + arrow
+
+
+def results_table(results: Sequence["ModelResult"], higher_is_better: Mapping[str, bool] | None = None) -> str:
+    """Markdown table: one row per task and attention, with params, MACs, metrics and latency."""
+    metric_names: list[str] = []
+    for r in results:
+        metric_names += [m for m in r.metrics if m not in metric_names]
+    higher_is_better = higher_is_better or {}
+    header = ["task", "attention", "params (K)", "GMACs", "input"] + [_metric_label(m, higher_is_better.get(m)) for m in metric_names] + ["latency (ms/image)"]
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
+    for r in results:
+        cells = [r.task, r.attention.upper(), f"{r.params / 1e3:.1f}", f"{r.macs / 1e9:.3f}", f"{r.size[0]}x{r.size[1]}"]
+        cells += [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metric_names]
+        cells.append(f"{r.latency_ms:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def _markdown_to_html(markdown: str) -> str:
+    """The small subset of Markdown the reports use: paragraphs, pipe tables, inline code."""
+    out, table = [], []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table if not re.fullmatch(r"\|[\s\-:|]+\|", line.strip())]
+        head, body = rows[0], rows[1:]
+        out.append(
+            "<table><thead><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in body)
+            + "</tbody></table>"
+        )
+        table.clear()
+
+    for block in re.split(r"\n\s*\n", markdown.strip()):
+        for line in block.splitlines():
+            if line.strip().startswith("|"):
+                table.append(line)
+            else:
+                flush_table()
+                if line.strip():
+                    out.append(f"<p>{_inline_html(line.strip())}</p>")
+        flush_table()
+    return "\n".join(out)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def write_report(output_dir: str | Path, title: str, intro: str, table: str, sections: Sequence[Section]) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``output_dir`` (figures referenced relatively)."""
+    output_dir = Path(output_dir)
+
+    def rel(path: Path) -> str:
+        return Path(path).resolve().relative_to(output_dir.resolve()).as_posix()
+
+    md = [f"# {title}", "", intro, "", table, ""]
+    body = [f"<h1>{html.escape(title)}</h1>", _markdown_to_html(intro), _markdown_to_html(table)]
+    for section in sections:
+        md += [f"## {section.title}", "", section.text, ""]
+        body += [f"<h2>{html.escape(section.title)}</h2>", _markdown_to_html(section.text)]
+        for figure in section.figures:
+            md += [f"![{figure.caption}]({rel(figure.path)})", "", f"*{figure.caption}*", ""]
+            body.append(
+                f'<figure><img src="{html.escape(rel(figure.path))}" alt="{html.escape(figure.caption)}">'
+                f"<figcaption>{_inline_html(figure.caption)}</figcaption></figure>"
+            )
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    report_md = atomic_write(output_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
+    report_html = atomic_write(output_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return report_md, report_html

@@ -1,0 +1,200 @@
+"""The CASSI forward model (coded aperture snapshot spectral imaging), as MST's simulation uses it.
+
+A scene is a cube ``B x C x H x W`` (C bands). Single-disperser CASSI multiplies every band by
+the same 2-D coded aperture ``mask`` (``H x W``, 0/1), disperses band ``c`` by ``step * c``
+pixels along the width (``step = 2`` in the official simulation) and sums the bands on the
+detector: the measurement is ``B x H x (W + step * (C - 1))``.
+
+The network inputs of the official MST code are produced from a cube and the mask:
+
+- measurement settings (:func:`measurement_input`): ``"H"`` = :func:`shift_back` of
+  ``measurement / C * 2`` (each band gets the window of the measurement its dispersion
+  covers; the scaling keeps it near the cube's range), ``"HM"`` = ``H`` times the 3-D mask,
+  ``"Y"`` = the raw measurement;
+- mask settings (:func:`mask_input`): ``"Phi"`` = the shifted 3-D mask
+  ``B x C x H x (W + step * (C - 1))``, ``"Phi_PhiPhiT"`` = (``Phi``, ``sum_c Phi^2`` with its
+  zeros replaced by 1), ``"Mask"`` = the unshifted 3-D mask.
+
+Everything works for any spatial size, band count and step; with the official 256 x 256 mask
+and 28 bands the measurement is 256 x 310. MST takes ``"H"`` and ``"Phi"``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CASSI",
+    "MASK_SETTINGS",
+    "MEASUREMENT_SETTINGS",
+    "load_mask",
+    "mask_3d",
+    "mask_input",
+    "measure",
+    "measurement_input",
+    "random_mask",
+    "shift",
+    "shift_back",
+]
+
+MEASUREMENT_SETTINGS = ("H", "HM", "Y")
+MASK_SETTINGS = ("Phi", "Phi_PhiPhiT", "Mask")
+
+
+def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
+    """Read a coded aperture (``H x W`` float32 tensor) from a MATLAB ``.mat`` file (v5 or v7.3) or ``.npy``.
+
+    The official simulation mask is ``TSA_simu_data/mask.mat``, key ``mask``, 256 x 256.
+    """
+    from .hyperspectral import read_mat  # one reader for every .mat layout
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        array = np.load(path)
+    else:
+        array = read_mat(path, key)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: the coded aperture {key!r} must be 2-D (H x W), got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def random_mask(height: int, width: int, seed: int = 0, density: float = 0.5) -> torch.Tensor:
+    """A seeded random binary coded aperture, ``H x W`` float32, each pixel open with probability ``density``."""
+    if height < 1 or width < 1:
+        raise ValueError(f"mask size must be positive, got {height}x{width}")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(height, width, generator=generator) < density).float()
+
+
+def mask_3d(mask: torch.Tensor, bands: int, batch: int | None = None) -> torch.Tensor:
+    """Repeat a 2-D mask over the bands: ``bands x H x W``, or ``batch x bands x H x W`` when ``batch`` is given."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be a 2-D H x W coded aperture, got shape {tuple(mask.shape)}")
+    out = mask.unsqueeze(0).expand(bands, -1, -1)
+    return out if batch is None else out.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def _check_cube(cube: torch.Tensor, what: str = "cube") -> None:
+    if not isinstance(cube, torch.Tensor) or cube.dim() != 4:
+        shape = tuple(cube.shape) if isinstance(cube, torch.Tensor) else type(cube).__name__
+        raise ValueError(f"{what} must be a B x C x H x W tensor, got {shape}")
+
+
+def shift(cube: torch.Tensor, step: int = 2) -> torch.Tensor:
+    """Disperse: band ``c`` of ``B x C x H x W`` moves ``step * c`` columns right into ``B x C x H x (W + step (C-1))`` (zeros elsewhere)."""
+    _check_cube(cube)
+    b, c, h, w = cube.shape
+    out = cube.new_zeros(b, c, h, w + step * (c - 1))
+    for band in range(c):
+        out[:, band, :, step * band:step * band + w] = cube[:, band]
+    return out
+
+
+def shift_back(x: torch.Tensor, bands: int | None = None, step: int = 2) -> torch.Tensor:
+    """Undo the dispersion: band ``c`` is read from columns ``step * c .. step * c + W``.
+
+    ``x`` is either a shifted cube ``B x C x H x W'`` (band ``c`` read from its own plane:
+    the exact inverse of :func:`shift`) or a measurement ``B x H x W'`` with ``bands`` given
+    (every band read from the same measurement, as the official ``shift_back``). The output is
+    ``B x C x H x (W' - step (C-1))``.
+    """
+    if x.dim() == 3:
+        if bands is None:
+            raise ValueError("shift_back of a B x H x W' measurement needs the number of bands")
+        x = x.unsqueeze(1).expand(-1, bands, -1, -1)
+    _check_cube(x, "shifted input")
+    c, full_width = x.shape[1], x.shape[-1]
+    if bands is not None and bands != c:
+        raise ValueError(f"the shifted cube has {c} bands, not {bands}")
+    width = full_width - step * (c - 1)
+    if width < 1:
+        raise ValueError(f"a {full_width}-column input cannot hold {c} bands dispersed by {step} px")
+    return torch.stack([x[:, band, :, step * band:step * band + width] for band in range(c)], dim=1)
+
+
+def measure(cube: torch.Tensor, mask3d: torch.Tensor, step: int = 2) -> torch.Tensor:
+    """The CASSI measurement ``sum_c shift(mask3d * cube)_c``: ``B x H x (W + step (C-1))``.
+
+    ``mask3d`` is ``C x H x W`` or ``B x C x H x W`` (from :func:`mask_3d`).
+    """
+    _check_cube(cube)
+    if mask3d.shape[-3:] != cube.shape[-3:]:
+        raise ValueError(f"3-D mask {tuple(mask3d.shape)} does not match the cube {tuple(cube.shape)} (C x H x W)")
+    return shift(cube * mask3d, step).sum(dim=1)
+
+
+def measurement_input(cube: torch.Tensor, mask3d: torch.Tensor, setting: str = "H", step: int = 2) -> torch.Tensor:
+    """The official network input of a cube: ``"H"``, ``"HM"`` (``B x C x H x W``) or ``"Y"`` (``B x H x W'``)."""
+    if setting not in MEASUREMENT_SETTINGS:
+        raise ValueError(f"measurement setting must be one of {MEASUREMENT_SETTINGS}, got {setting!r}")
+    meas = measure(cube, mask3d, step)
+    if setting == "Y":
+        return meas
+    bands = cube.shape[1]
+    h = shift_back(meas / bands * 2, bands=bands, step=step)
+    return h * mask3d if setting == "HM" else h
+
+
+def mask_input(mask3d: torch.Tensor, setting: str = "Phi", step: int = 2) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The official mask input: ``"Phi"`` (shifted 3-D mask), ``"Phi_PhiPhiT"`` (``Phi`` and ``sum_c Phi^2``, zeros set to 1) or ``"Mask"``."""
+    if setting not in MASK_SETTINGS:
+        raise ValueError(f"mask setting must be one of {MASK_SETTINGS}, got {setting!r}")
+    if mask3d.dim() == 3:
+        mask3d = mask3d.unsqueeze(0)
+    if setting == "Mask":
+        return mask3d
+    phi = shift(mask3d, step)
+    if setting == "Phi":
+        return phi
+    phi_s = phi.square().sum(dim=1)
+    return phi, torch.where(phi_s == 0, torch.ones_like(phi_s), phi_s)
+
+
+class CASSI(nn.Module):
+    """A CASSI system with a fixed coded aperture: ``cassi(cube)`` is the measurement.
+
+    The mask is a buffer, so ``.to(device)`` moves it. :meth:`inputs` gives the pair an MST
+    model takes (``model(*cassi.inputs(cube))``).
+    """
+
+    def __init__(self, mask: torch.Tensor, bands: int = 28, step: int = 2):
+        super().__init__()
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be a 2-D H x W coded aperture, got shape {tuple(mask.shape)}")
+        self.register_buffer("mask", mask.float())
+        self.bands = bands
+        self.step = step
+
+    @property
+    def mask3d(self) -> torch.Tensor:
+        return mask_3d(self.mask, self.bands)
+
+    def _check(self, cube: torch.Tensor) -> None:
+        _check_cube(cube)
+        if tuple(cube.shape[1:]) != (self.bands, *self.mask.shape):
+            raise ValueError(
+                f"this CASSI system images {self.bands} bands of {self.mask.shape[0]}x{self.mask.shape[1]}, "
+                f"got a cube of shape {tuple(cube.shape)}"
+            )
+
+    def forward(self, cube: torch.Tensor) -> torch.Tensor:
+        self._check(cube)
+        return measure(cube, self.mask3d, self.step)
+
+    def inputs(
+        self, cube: torch.Tensor, input_setting: str = "H", mask_setting: str = "Phi"
+    ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """``(measurement input, mask input)`` for a batch of cubes, the mask input expanded to the batch."""
+        self._check(cube)
+        mask3d = self.mask3d.to(cube.dtype)
+        meas = measurement_input(cube, mask3d, input_setting, self.step)
+        masks = mask_input(mask3d, mask_setting, self.step)
+        if isinstance(masks, tuple):
+            return meas, tuple(m.expand(cube.shape[0], *m.shape[1:]) for m in masks)
+        return meas, masks.expand(cube.shape[0], *masks.shape[1:])

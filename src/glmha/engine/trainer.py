@@ -1,0 +1,416 @@
+"""One training loop for every task: AMP, clipping, validation, checkpoints, exact resume, DDP.
+
+Entry point: :func:`train`. A run writes into its ``output_dir``::
+
+    checkpoints/iter_00004000.safetensors   model weights (load with glmha.load_checkpoint)
+    checkpoints/iter_00004000.state.pt      optimizer, scheduler, grad scaler, RNG states, counters
+    checkpoints/latest.json                 the newest complete checkpoint (written last)
+    model.safetensors                       final weights
+    tensorboard/                            loss, learning rate, validation metrics
+    config.yaml                             the resolved config
+
+Every file is written atomically (temporary file, then rename), and ``latest.json`` only
+names a checkpoint once both of its files are complete, so a run killed at any moment
+restarts from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..checkpoint import atomic_write, load_checkpoint, save_weights
+from ..models import create_model
+from .config import ConfigError, load_config
+from .distributed import DistributedContext, init_distributed
+from .sampling import SampleStream
+from .tasks import LOSSES, build_dataset, get_task
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSettings:
+    """The ``train`` section of a config.
+
+    ``stages`` (progressive training) is a list of ``{iters, patch_size, batch_size}``; without
+    it every iteration uses ``patch_size`` and ``batch_size``. Batch sizes are per process
+    (per GPU). ``precision`` applies on GPU only: the CPU trains in fp32.
+    """
+
+    total_iters: int
+    batch_size: int = 8
+    patch_size: int | None = None
+    stages: list[dict] | None = None
+    loss: str = "l1"
+    grad_clip: float | None = None
+    precision: str = "bf16"
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    deterministic: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss {self.loss!r} unknown; available: {sorted(LOSSES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.stages:
+            for stage in self.stages:
+                if set(stage) - {"iters", "patch_size", "batch_size"} or "iters" not in stage:
+                    raise ConfigError(f"each train.stages entry needs iters (and may set patch_size, batch_size), got {stage}")
+            if sum(s["iters"] for s in self.stages) != self.total_iters:
+                raise ConfigError(
+                    f"train.stages last {sum(s['iters'] for s in self.stages)} iterations in all, but total_iters is {self.total_iters}"
+                )
+
+    def stage_at(self, iteration: int) -> tuple[int, int | None, int]:
+        """(stage index, patch size, batch size) in force at ``iteration``."""
+        if not self.stages:
+            return 0, self.patch_size, self.batch_size
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage["iters"]
+            if iteration < end or i == len(self.stages) - 1:
+                return i, stage.get("patch_size", self.patch_size), stage.get("batch_size", self.batch_size)
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    output_dir: Path
+    iteration: int  # iterations done so far (== total_iters when finished)
+    finished: bool
+    weights: Path  # newest weights (safetensors)
+    metrics: dict[str, float] = field(default_factory=dict)  # last validation
+    best: dict[str, float] = field(default_factory=dict)  # best validation (by the task's primary metric)
+    history: list[dict] = field(default_factory=list)  # every validation, with its iteration
+    train_seconds: float = 0.0
+
+
+def _settings(config: Mapping) -> TrainSettings:
+    section = dict(config.get("train") or {})
+    names = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ConfigError(f"unknown train settings {unknown}; accepted: {sorted(names)}")
+    if "total_iters" not in section:
+        raise ConfigError("the train section needs total_iters")
+    return TrainSettings(**section)
+
+
+def build_model(config: Mapping) -> nn.Module:
+    """``create_model(**config["model"])``."""
+    spec = dict(config["model"])
+    if "name" not in spec:
+        raise ConfigError("the model section needs a name")
+    return create_model(spec.pop("name"), **spec)
+
+
+def build_optimizer(model: nn.Module, spec: Mapping) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, **rest)``."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    cls = getattr(torch.optim, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optimizer.name {name!r} is not a torch.optim optimizer")
+    if "betas" in spec:
+        spec["betas"] = tuple(spec["betas"])
+    return cls([p for p in model.parameters() if p.requires_grad], **spec)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping | None):
+    """PyTorch schedulers from ``{phases: [{name, ...}], milestones: [...]}`` (or one ``{name, ...}``),
+    stepped once per iteration; several phases are chained with ``SequentialLR``."""
+    if not spec:
+        return None
+    spec = dict(spec)
+    if "phases" in spec:
+        phases, milestones = spec.pop("phases"), spec.pop("milestones", [])
+        if spec:
+            raise ConfigError(f"scheduler: unexpected keys {sorted(spec)} beside phases and milestones")
+    else:
+        phases, milestones = [spec], []
+    schedulers = []
+    for phase in phases:
+        phase = dict(phase)
+        name = phase.pop("name", None)
+        cls = getattr(torch.optim.lr_scheduler, str(name), None)
+        if not isinstance(cls, type):
+            raise ConfigError(f"scheduler name {name!r} is not in torch.optim.lr_scheduler")
+        schedulers.append(cls(optimizer, **phase))
+    if len(schedulers) == 1:
+        return schedulers[0]
+    if len(milestones) != len(schedulers) - 1:
+        raise ConfigError(f"scheduler: {len(schedulers)} phases need {len(schedulers) - 1} milestones, got {milestones}")
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=list(milestones))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(weights, state) of the newest complete checkpoint of a run, or None."""
+    pointer = Path(output_dir) / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    entry = json.loads(pointer.read_text())
+    weights, state = pointer.parent / entry["weights"], pointer.parent / entry["state"]
+    if not (weights.is_file() and state.is_file()):
+        raise ConfigError(f"{pointer} names {weights.name} and {state.name}, which are missing")
+    return weights, state
+
+
+def _save_checkpoint(output_dir: Path, model: nn.Module, state: dict, keep: int) -> Path:
+    folder = output_dir / "checkpoints"
+    stem = f"iter_{state['iteration']:08d}"
+    weights = save_weights(model, folder / f"{stem}.safetensors", metadata={"iteration": str(state["iteration"])})
+    atomic_write(folder / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
+    pointer = json.dumps({"iteration": state["iteration"], "weights": weights.name, "state": f"{stem}.state.pt"})
+    atomic_write(folder / "latest.json", lambda tmp: Path(tmp).write_text(pointer))
+    # Older checkpoints go only after the pointer has moved past them.
+    stems = sorted({p.name.split(".")[0] for p in folder.glob("iter_*.safetensors")})
+    for old in stems[: max(len(stems) - keep, 0)]:
+        for suffix in (".safetensors", ".state.pt"):
+            (folder / f"{old}{suffix}").unlink(missing_ok=True)
+    return weights
+
+
+# ----------------------------------------------------------------------------- the loop
+def _to_device(batch: Mapping, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _loader(dataset, settings: TrainSettings, batch_size: int, seed: int, start: int, ctx: DistributedContext) -> DataLoader:
+    sampler = SampleStream(len(dataset), batch_size, seed, start, ctx.rank, ctx.world_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=settings.num_workers,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+    )
+
+
+@torch.no_grad()
+def validate(model: nn.Module, task, dataset, device: torch.device, precision: str = "fp32", max_items: int | None = None) -> dict[str, float]:
+    """Mean of the task's metrics over ``dataset`` (whole images, one at a time)."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    for index in range(len(dataset) if max_items is None else min(max_items, len(dataset))):
+        item = dataset[index]
+        batch = _to_device({k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in item.items()}, device)
+        with _autocast(device, precision):
+            pred = task.predict(model, batch)
+        for name, values in task.metrics(pred.float(), batch).items():
+            totals[name] = totals.get(name, 0.0) + float(values.sum())
+        count += 1
+    model.train(was_training)
+    return {name: total / max(count, 1) for name, total in totals.items()}
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = device.type == "cuda" and precision != "fp32"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def train(
+    config: str | os.PathLike | Mapping[str, Any],
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    variant: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+    time_budget_s: float | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train the experiment described by ``config`` (a YAML path or a dict).
+
+    Args:
+        config: config file or dict (see :mod:`glmha.engine.config`).
+        overrides: ``["train.total_iters=10", ...]`` or ``{"train.total_iters": 10}``.
+        variant: a named variant of the config, e.g. ``"smoke"``.
+        output_dir: where the run writes (default: the config's ``output_dir``).
+        resume: continue from the newest checkpoint in ``output_dir`` if there is one.
+        max_steps: stop after this many iterations in this call (a checkpoint is written), e.g.
+            to train in slices; the schedule still spans ``train.total_iters``.
+        time_budget_s: stop (with a checkpoint) once this many seconds of training have passed.
+        device: force a device (default: this process's GPU under torchrun, else CUDA if
+            available, else CPU).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; rank 0 validates and
+    writes, the others train their share of each global batch.
+    """
+    cfg = load_config(config, overrides, variant)
+    settings = _settings(cfg)
+    task = get_task(cfg["task"])
+    output_dir = Path(output_dir or cfg.get("output_dir") or "runs/" + cfg["task"])
+    seed = int(cfg.get("seed", 0))
+    ctx = init_distributed(device)
+    try:
+        return _train(cfg, settings, task, output_dir, seed, ctx, resume, max_steps, time_budget_s)
+    finally:
+        ctx.close()
+
+
+def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, resume, max_steps, time_budget_s) -> TrainResult:
+    torch.manual_seed(seed)  # same initial weights on every rank
+    random.seed(seed)
+    np.random.seed(seed)
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = ctx.device
+    model = build_model(cfg).to(device)
+    train_set = build_dataset(cfg["data"]["train"])
+    val_set = build_dataset(cfg["data"]["val"]) if cfg["data"].get("val") else None
+    optimizer = build_optimizer(model, cfg.get("optimizer") or {"name": "Adam", "lr": 1e-4})
+    scheduler = build_scheduler(optimizer, cfg.get("scheduler"))
+    precision = settings.precision if device.type == "cuda" else "fp32"
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = LOSSES[settings.loss]
+
+    iteration, samples_seen, history, best = 0, 0, [], {}
+    found = latest_checkpoint(output_dir) if resume else None
+    if found:
+        weights, state_path = found
+        load_checkpoint(model, weights)
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        iteration, samples_seen = state["iteration"], state["samples_seen"]
+        history, best = state.get("history", []), state.get("best", {})
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(output_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.world_size > 1 else model
+    writer = None
+    if ctx.is_main and settings.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(output_dir / "tensorboard"))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=settings.total_iters, initial=iteration, disable=not (ctx.is_main and settings.progress), dynamic_ncols=True, desc=cfg["task"])
+
+    def checkpoint() -> Path:
+        state = {
+            "iteration": iteration, "samples_seen": samples_seen,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "best": best,
+        }
+        return _save_checkpoint(output_dir, model, state, settings.keep_checkpoints)
+
+    start_time, start_iteration = time.monotonic(), iteration
+    stage_index, loader_iter, last_saved = None, None, iteration if found else -1
+    metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+    net.train()
+    try:
+        while iteration < settings.total_iters:
+            index, patch_size, batch_size = settings.stage_at(iteration)
+            if index != stage_index:
+                stage_index = index
+                if hasattr(train_set, "set_patch_size"):
+                    train_set.set_patch_size(patch_size)
+                loader_iter = iter(_loader(train_set, settings, batch_size, seed, samples_seen, ctx))
+            batch = _to_device(next(loader_iter), device)
+            with _autocast(device, precision):
+                pred = task.forward(net, batch)
+            loss = loss_fn(pred.float(), batch["target"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at iteration {iteration + 1}; lower the learning rate or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if settings.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            iteration += 1
+            samples_seen += batch_size * ctx.world_size
+            bar.update(1)
+
+            if iteration % settings.log_every == 0 or iteration == 1:
+                bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                if writer:
+                    writer.add_scalar("train/loss", loss.item(), iteration)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], iteration)
+            done = iteration == settings.total_iters
+            if val_set is not None and (iteration % settings.val_every == 0 or done):
+                if ctx.is_main:
+                    metrics = validate(model, task, val_set, device, precision)
+                    history.append({"iteration": iteration, "metrics": metrics})
+                    key = task.primary_metric
+                    if not best or (metrics[key] > best[key]) == task.higher_is_better:
+                        best = dict(metrics, iteration=iteration)
+                    if writer:
+                        for name, value in metrics.items():
+                            writer.add_scalar(f"val/{name}", value, iteration)
+                    bar.write(f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                ctx.barrier()
+            stop = (max_steps is not None and iteration - start_iteration >= max_steps) or (
+                time_budget_s is not None and time.monotonic() - start_time >= time_budget_s
+            )
+            stop = ctx.broadcast_flag(stop) if time_budget_s is not None else stop
+            if iteration % settings.checkpoint_every == 0 or done or stop:
+                if ctx.is_main:
+                    checkpoint()
+                last_saved = iteration
+                ctx.barrier()
+            if stop:
+                break
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+
+    if ctx.is_main and last_saved != iteration:
+        checkpoint()
+    finished = iteration >= settings.total_iters
+    if ctx.is_main and finished:
+        save_weights(model, output_dir / "model.safetensors")
+    ctx.barrier()
+    # Only rank 0 writes; other ranks (perhaps on other nodes) just report where it is.
+    weights = output_dir / "model.safetensors" if finished or not ctx.is_main else latest_checkpoint(output_dir)[0]
+    return TrainResult(
+        output_dir=output_dir, iteration=iteration, finished=finished, weights=weights,
+        metrics=metrics, best=best, history=history, train_seconds=time.monotonic() - start_time,
+    )
