@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/glmha complexity
+	$(BIN)/glmha demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -27,8 +27,11 @@ def official_layouts() -> dict:
 
 
 def parse_constructor(call: str) -> tuple[str, dict]:
-    """'Restormer(dim=8, num_blocks=[1,1,1,2])' -> ('Restormer', {'dim': 8, ...})."""
-    match = re.fullmatch(r"\s*(\w+)\((.*)\)\s*", call, flags=re.S)
+    """'Restormer(dim=8, num_blocks=[1,1,1,2])' -> ('Restormer', {'dim': 8, ...}).
+
+    Text after the call (a comment, or '; inputs: ...' notes in the golden metadata) is ignored.
+    """
+    match = re.match(r"\s*(\w+)\(([^()]*)\)", call)
     assert match, call
     tree = ast.parse(f"f({match.group(2)})", mode="eval").body
     return match.group(1), {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}

@@ -16,6 +16,7 @@ from .attention import list_attentions
 from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
 from .checkpoint import CheckpointError, load_checkpoint
 from .images import builtin_photographs, find_images, read_image, restore_files
+from .reconstruction import CUBE_FORMATS, MEASUREMENT_SUFFIXES, reconstruct_cassi_files, reconstruct_rgb_files
 from .validation import InputError
 
 
@@ -111,9 +112,10 @@ def _run_complexity(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- shared: a model from arguments
-def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "restormer", checkpoint_required: bool = False) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = "restormer", checkpoint_required: bool = False) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=default_model, help=f"model name (default: {default_model}); see `glmha complexity`")
+    default_text = default_model or "mst_plus_plus for RGB, mst_l with --mask"
+    group.add_argument("--model", default=default_model, help=f"model name (default: {default_text}); see `glmha complexity`")
     group.add_argument("--attention", default="csa", help="attention of the model (default: csa, the official one)")
     group.add_argument("--model-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"dim": 16}\'')
     group.add_argument("--attention-kwargs", default="{}", metavar="JSON", help='attention options, e.g. \'{"rank_ratio": 0.5}\'')
@@ -229,7 +231,7 @@ def _engine_errors():
     from .data.restoration import DatasetError
     from .engine import ConfigError
 
-    return (ConfigError, DatasetError, ValueError, TypeError)
+    return (ConfigError, DatasetError, ValueError, TypeError, KeyError)
 
 
 def _run_train(args: argparse.Namespace) -> None:
@@ -290,7 +292,54 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(f"\n{result.table}\n\nreport: {result.report_md} and {result.report_html} ({result.seconds / 60:.1f} min)")
 
 
+# --------------------------------------------------------------------------- reconstruct
+def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="RGB images, or with --mask CASSI measurements / cubes (.mat, .npy): files, folders or globs")
+    _add_model_arguments(parser, default_model=None, checkpoint_required=True)
+    parser.add_argument("--mask", default=None, help="CASSI coded aperture (.mat with variable 'mask', or .npy): reconstruct snapshots with MST")
+    parser.add_argument("--key", default=None, help="variable of the measurement in .mat inputs (default: meas, measurement, y; else a cube to measure)")
+    parser.add_argument("--output", required=True, help="folder for the cubes")
+    parser.add_argument("--format", choices=CUBE_FORMATS, default="mat", help="mat (v7.3, 'cube', H x W x bands; default) or npy (bands x H x W)")
+    parser.add_argument("--tile", type=int, default=None, help="RGB only: run large images in tiles of this side (a multiple of 8)")
+    parser.add_argument("--overlap", type=int, default=32, help="RGB only: overlap of neighbouring tiles (default: 32)")
+
+
+def _run_reconstruct(args: argparse.Namespace) -> None:
+    from .data.cassi import load_mask
+
+    cassi = args.mask is not None
+    args.model = args.model or ("mst_l" if cassi else "mst_plus_plus")
+    if cassi:
+        paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
+        try:
+            mask = load_mask(args.mask)
+        except (ValueError, KeyError, OSError) as err:
+            raise CommandError(f"cannot read the mask {args.mask}: {err}") from None
+        model = _model_from_args(args)
+        if not getattr(model, "mask_guided", False):
+            raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l), not {args.model!r}")
+        written, failed = reconstruct_cassi_files(model, paths, mask, args.output, args.format, key=args.key)
+    else:
+        paths = find_images(args.inputs)
+        model = _model_from_args(args)
+        if getattr(model, "mask_guided", False):
+            raise CommandError(f"{args.model} reconstructs CASSI snapshots: pass the coded aperture with --mask")
+        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, args.tile, args.overlap)
+    print(f"reconstructed {len(written)} of {len(paths)} input(s) into {args.output}")
+    if failed:
+        raise CommandError(f"{len(failed)} input(s) failed: " + "; ".join(failed))
+
+
 COMMANDS = {
+    "reconstruct": (
+        _add_reconstruct,
+        _run_reconstruct,
+        "spectral reconstruction: RGB images to cubes (MST++), or CASSI measurements and mask to cubes (MST)",
+        "glmha reconstruct photos/ --checkpoint mst_plus_plus.pth --output cubes/\n"
+        "  glmha reconstruct 'ARAD_1K_*.jpg' --checkpoint mst_plus_plus.pth --output cubes/ --format npy\n"
+        "  glmha reconstruct measurements/ --mask mask.mat --model mst_l --checkpoint mst_l.pth --output cubes/\n"
+        "  glmha reconstruct Truth/scene01.mat --mask mask.mat --model mst_s --checkpoint mst_s.pth --output out/  # a cube: measured first",
+    ),
     "demo": (
         _add_demo,
         _run_demo,

@@ -66,21 +66,46 @@ class DemoTask:
 
     name: str  # the engine's task name
     title: str
-    kind: str  # "image" (RGB in, RGB out) or "spectral" (cube out)
-    config: dict  # engine config: task, model, data (train, test), optimizer, scheduler, train
+    kind: str  # "image" (image out) or "spectral" (cube out)
+    config: dict  # engine config: task, seed, model, data (train, test), optimizer, scheduler, train
     metrics: dict[str, bool]  # metric name -> higher is better
-    figure_inputs: Callable[[dict], torch.Tensor] | None = None  # batch -> image shown as "input"
+    wavelengths: tuple[float, ...] = ()  # band centres of a spectral task, in nm
+
+    def engine_task(self):
+        from .engine.tasks import get_task
+
+        return get_task(self.config["task"])
+
+    def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        """The forward inputs of a (device) test batch, for profiling and the eigen-analysis."""
+        task = self.engine_task()
+        if hasattr(task, "inputs"):  # CASSI: measurement and mask simulated from the cube
+            return tuple(task.inputs(batch))
+        return (batch["input"],)
+
+    def shown_input(self, batch: dict) -> torch.Tensor:
+        """What the figures show as the input: the image, or the CASSI snapshot (the 2-D measurement)."""
+        if "input" in batch:
+            return batch["input"]
+        from .data.cassi import measure
+
+        cube = batch["target"]
+        mask3d = batch["mask"].to(cube.dtype).unsqueeze(1).expand_as(cube)
+        meas = measure(cube, mask3d, self.config["task"].get("step", 2))
+        return (meas / meas.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)).unsqueeze(1)
 
 
-def _optimisation(budget: Budget, loss: str) -> dict:
+def _optimisation(budget: Budget, loss: str, lr: float | None = None) -> dict:
+    lr = lr or budget.lr
     return {
-        "optimizer": {"name": "AdamW", "lr": budget.lr, "betas": [0.9, 0.999], "weight_decay": 1e-4},
-        "scheduler": {"name": "CosineAnnealingLR", "T_max": budget.iterations, "eta_min": budget.lr / 100},
+        "optimizer": {"name": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weight_decay": 1e-4},
+        "scheduler": {"name": "CosineAnnealingLR", "T_max": budget.iterations, "eta_min": lr / 100},
         "train": {
             "total_iters": budget.iterations,
             "batch_size": budget.batch_size,
             "patch_size": budget.patch_size,
             "loss": loss,
+            "precision": "fp32",
             "val_every": budget.iterations,
             "checkpoint_every": budget.iterations,
             "log_every": max(1, budget.iterations // 20),
@@ -97,7 +122,7 @@ def deraining_task(budget: Budget, seed: int) -> DemoTask:
         return {"type": "synthetic", "task": "deraining", "num_images": num_images, "image_size": budget.image_size, "seed": data_seed, **extra}
 
     config = {
-        "task": "deraining",
+        "task": {"name": "deraining"},
         "seed": seed,
         "model": {
             "name": "restormer",
@@ -116,9 +141,59 @@ def deraining_task(budget: Budget, seed: int) -> DemoTask:
     return DemoTask("deraining", "Deraining (Restormer, synthetic rain)", "image", config, {"psnr": True, "ssim": True})
 
 
+def rgb_to_hsi_task(budget: Budget, seed: int) -> DemoTask:
+    """MST++ (one stage) on built-in 31-band scenes rendered to RGB; MRAE/RMSE/PSNR as NTIRE 2022."""
+    from .data.synthetic_hsi import RGB2HSI_WAVELENGTHS
+
+    def synthetic(count: int, data_seed: int, **extra) -> dict:
+        return {"type": "synthetic_rgb2hsi", "count": count, "size": budget.image_size, "seed": data_seed, **extra}
+
+    optimisation = _optimisation(budget, "mrae", lr=4e-4)
+    del optimisation["train"]["patch_size"]  # the spectral datasets crop themselves
+    config = {
+        "task": {"name": "rgb_to_hsi", "border": max(2, budget.image_size // 32)},
+        "seed": seed,
+        "model": {"name": "mst_plus_plus", "stage": 1},
+        "data": {
+            "train": synthetic(budget.train_images, seed, crop_size=budget.patch_size, augment=True),
+            "test": synthetic(budget.test_images, seed + 1000),
+        },
+        **optimisation,
+    }
+    return DemoTask(
+        "rgb_to_hsi", "RGB to hyperspectral (MST++, built-in 31-band scenes)", "spectral", config,
+        {"mrae": False, "rmse": False, "psnr": True}, tuple(RGB2HSI_WAVELENGTHS),
+    )
+
+
+def cassi_task(budget: Budget, seed: int) -> DemoTask:
+    """MST-S (one level) on built-in 28-band scenes seen through a random coded aperture; MST's PSNR/SSIM."""
+    from .data.synthetic_hsi import CASSI_WAVELENGTHS
+
+    def synthetic(count: int, data_seed: int, **extra) -> dict:
+        return {"type": "synthetic_cassi", "count": count, "size": budget.image_size, "seed": data_seed, **extra}
+
+    optimisation = _optimisation(budget, "rmse", lr=4e-4)
+    del optimisation["train"]["patch_size"]
+    config = {
+        "task": {"name": "cassi", "input_setting": "H", "mask_setting": "Phi", "step": 2},
+        "seed": seed,
+        "model": {"name": "mst_s", "stage": 1, "num_blocks": [1, 1]},
+        "data": {
+            "train": synthetic(budget.train_images, seed, crop_size=budget.patch_size, augment=True),
+            "test": synthetic(budget.test_images, seed + 1000),
+        },
+        **optimisation,
+    }
+    return DemoTask(
+        "cassi", "CASSI snapshot reconstruction (MST-S, built-in 28-band scenes)", "spectral", config,
+        {"psnr": True, "ssim": True}, tuple(CASSI_WAVELENGTHS),
+    )
+
+
 def available_tasks(budget: Budget, seed: int) -> list[DemoTask]:
-    """The built-in tasks this installation can run."""
-    return [deraining_task(budget, seed)]
+    """The built-in tasks of the demo, in the order they run."""
+    return [deraining_task(budget, seed), rgb_to_hsi_task(budget, seed), cassi_task(budget, seed)]
 
 
 # ----------------------------------------------------------------------------- one model
@@ -186,7 +261,6 @@ def train_and_evaluate(
     progress: bool = True,
 ) -> ModelResult:
     """Train ``task``'s model with ``attention`` through the engine, then measure it."""
-    from .engine.tasks import get_task
     from .engine.trainer import build_model, train
 
     config = _config_for(task, attention)
@@ -194,7 +268,7 @@ def train_and_evaluate(
     if run_dir.exists():  # a demo run starts fresh: same seed, same budget for both models
         shutil.rmtree(run_dir)
     result = train(config, output_dir=run_dir, resume=False, device=device)
-    engine_task = get_task(task.name)
+    engine_task = task.engine_task()
 
     model = build_model(config)
     load_checkpoint(model, result.weights)
@@ -210,8 +284,7 @@ def train_and_evaluate(
     metrics = {name: total / len(test_batches) for name, total in totals.items()}
 
     first = _to(test_batches[0], device)
-    inputs = model.example_inputs(*first["target"].shape[-2:])
-    stats = profile(model, *inputs)
+    stats = profile(model, *task.model_inputs(first))
     latency = _latency_ms(lambda: engine_task.predict(model, first), device, budget.latency_repeats)
     return ModelResult(
         task=task.name,
@@ -288,7 +361,7 @@ def run_demo(
         log(f"[{task.name}] eigen-analysis of the trained CSA model's attention maps")
         spectra = analyse_attention(
             by_attention["csa"].model,
-            [b["input"] for b in test_batches],
+            [task.model_inputs(_to(b, device)) for b in test_batches],
             figures_dir / f"{task.name}_eigen",
             title=f"{task.name}: attention spectrum of the trained CSA model",
         )

@@ -16,8 +16,8 @@ from .validation import InputError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def find_images(specs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named by ``specs``: files, folders (their images, sorted) or glob patterns.
+def find_images(specs: Sequence[str | os.PathLike], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files named by ``specs``: files, folders (their files with ``suffixes``, sorted) or glob patterns.
 
     Raises :class:`InputError` naming the spec that matched nothing.
     """
@@ -25,9 +25,9 @@ def find_images(specs: Sequence[str | os.PathLike]) -> list[Path]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
             if not matches:
-                raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise InputError(f"folder {path} holds no {', '.join(suffixes)} files")
         elif path.is_file():
             matches = [path]
         else:

@@ -33,3 +33,23 @@ def check_image_batch(x: object, channels: int | None, what: str = "input", chec
     if check_finite and not x.is_meta and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{what} contains {n_bad} non-finite values (NaN or Inf)")
+
+
+def check_shifted_mask(mask: object, x: torch.Tensor, channels: int, extra_width: int) -> None:
+    """Check MST's second input: the shifted 3-D mask ``B x channels x H x (W + extra_width)`` of input ``x``.
+
+    The mask may have batch 1 (one mask shared by the batch) or the batch of ``x``.
+    """
+    if mask is None:
+        raise InputError(
+            f"MST needs the shifted 3-D mask Phi as second input ({channels} x H x (W + {extra_width})); "
+            "build it with glmha.data.cassi.mask_input"
+        )
+    check_image_batch(mask, channels, what="mask")
+    b, _, h, w = x.shape
+    expected = (h, w + extra_width)
+    if tuple(mask.shape[-2:]) != expected or mask.shape[0] not in (1, b):
+        raise InputError(
+            f"mask must be the shifted 3-D mask of shape {b} (or 1) x {channels} x {expected[0]} x {expected[1]} "
+            f"for an input of {h}x{w} ({extra_width} extra columns of dispersion), got {tuple(mask.shape)}"
+        )

@@ -54,11 +54,11 @@ def _meta_profile(attention, **kwargs):
 
 def test_restormer_glmha_meets_the_papers_headline_reductions():
     csa, low_rank = _meta_profile("csa"), _meta_profile("glmha")
-    assert csa.params == 26_126_644 and csa.macs == 154_883_358_720
+    assert csa.params == 26_126_644 and csa.macs == 154_882_031_616
     assert csa.params - low_rank.params >= 370_000
     assert csa.macs - low_rank.macs >= 7.7e9
     # the exact figures written in docs/complexity.md
-    assert (low_rank.params, low_rank.macs) == (24_697_588, 136_822_423_552)
+    assert (low_rank.params, low_rank.macs) == (24_697_588, 136_819_715_328)
 
 
 def test_sweep_table_and_plot(tmp_path):

@@ -8,7 +8,7 @@ ALL_MDTA = ["csa", "glmha", "linformer", "performer", "reformer"]
 
 def test_registered():
     assert set(ALL_MDTA) <= set(list_attentions("mdta"))
-    assert {"csa", "glmha"} <= set(list_attentions("smsa"))
+    assert set(ALL_MDTA) <= set(list_attentions("smsa"))
 
 
 @pytest.mark.parametrize("name", ALL_MDTA)
@@ -25,7 +25,7 @@ def test_mdta_shapes_and_gradients(name, dim, heads, size):
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["csa", "glmha"])
+@pytest.mark.parametrize("name", ALL_MDTA)
 @pytest.mark.parametrize("mask_guided", [False, True])
 def test_smsa_shapes_and_gradients(name, mask_guided):
     dim, heads, h, w = 16, 2, 5, 7
@@ -53,8 +53,8 @@ def test_linformer_with_identity_projections_is_csa():
     linformer = build_attention("linformer", "mdta", dim=12, num_heads=3, rank=12)
     _copy_projections(linformer, csa)
     with torch.no_grad():
-        linformer.key_projection.copy_(torch.eye(4).expand(3, 4, 4))
-        linformer.value_projection.copy_(torch.eye(4).expand(3, 4, 4))
+        linformer.core.key_projection.copy_(torch.eye(4).expand(3, 4, 4))
+        linformer.core.value_projection.copy_(torch.eye(4).expand(3, 4, 4))
     x = torch.randn(2, 12, 6, 5)
     torch.testing.assert_close(linformer(x), csa(x), rtol=0, atol=1e-5)
 
@@ -85,7 +85,7 @@ def test_reformer_with_one_bucket_attends_to_all_other_channels():
 
 def test_reformer_hashes_into_chunks_deterministically():
     reformer = build_attention("reformer", "mdta", dim=40, num_heads=1, bucket_size=8, n_hashes=3)
-    assert (reformer.n_chunks, reformer.n_buckets) == (5, 6)
+    assert (reformer.core.n_chunks, reformer.core.n_buckets) == (5, 6)
     x = torch.randn(2, 40, 6, 6)
     torch.testing.assert_close(reformer(x), reformer(x))
 
@@ -95,3 +95,24 @@ def test_baselines_run_on_meta_device():
         for name in ALL_MDTA:
             out = build_attention(name, "mdta", dim=16, num_heads=2)(torch.zeros(1, 16, 8, 8))
             assert out.shape == (1, 16, 8, 8)
+
+
+def test_smsa_linformer_with_identity_projections_is_csa():
+    csa = build_attention("csa", "smsa", dim=12, num_heads=2, dim_head=6)
+    linformer = build_attention("linformer", "smsa", dim=12, num_heads=2, dim_head=6, rank=12)
+    state = {k: v for k, v in csa.state_dict().items()}
+    with torch.no_grad():
+        csa.rescale.uniform_(0.5, 2.0)
+        state["rescale"] = csa.rescale.detach().clone()
+        state["core.key_projection"] = torch.eye(6).expand(2, 6, 6)
+        state["core.value_projection"] = torch.eye(6).expand(2, 6, 6)
+    linformer.load_state_dict(state)
+    x = torch.randn(2, 5, 7, 12)
+    torch.testing.assert_close(linformer(x), csa(x), rtol=0, atol=1e-5)
+
+
+def test_smsa_reformer_has_no_key_projection():
+    reformer = build_attention("reformer", "smsa", dim=16, num_heads=2, dim_head=8)
+    assert not hasattr(reformer, "to_k")
+    with pytest.raises(ValueError, match="num_heads \\* dim_head == dim"):
+        build_attention("performer", "smsa", dim=16, num_heads=2, dim_head=16)

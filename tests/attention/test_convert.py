@@ -34,7 +34,7 @@ def test_swap_replaces_every_csa_module_and_keeps_the_rest():
 
 def test_swap_to_a_baseline_and_for_mst_keeps_the_mask_guidance():
     model = glmha.swap_attention(glmha.create_model("restormer", **TINY_RESTORMER), "performer", num_features=16)
-    assert all(m.num_features == 16 for m in _attention_modules(model, PerformerCSA))
+    assert all(m.core.num_features == 16 for m in _attention_modules(model, PerformerCSA))
     mst = glmha.create_model("mst_s", num_blocks=[1, 1, 1])
     masks = [m.mm.state_dict() for m in _attention_modules(mst, SpectralMSA)]
     glmha.swap_attention(mst, "glmha")

@@ -143,3 +143,12 @@ def test_sixteen_bit_images(tmp_path):
     image = (np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)
     imsave(tmp_path / "a.png", image, check_contrast=False)
     np.testing.assert_allclose(read_image(tmp_path / "a.png", grayscale=True)[..., 0], image / 65535.0, atol=1e-6)
+
+
+def test_sixteen_bit_rgb_png_keeps_its_precision(tmp_path):
+    import png
+
+    image = np.random.default_rng(0).integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+    with open(tmp_path / "dp.png", "wb") as f:
+        png.Writer(7, 6, bitdepth=16, greyscale=False).write(f, image.reshape(6, -1))
+    np.testing.assert_allclose(read_image(tmp_path / "dp.png"), image / 65535.0, atol=1e-7)

@@ -113,7 +113,7 @@ def test_any_size_non_square_and_shared_mask():
 def test_input_errors():
     model = glmha.create_model("mst_s", num_blocks=[1, 1, 1])
     x, mask = model.example_inputs(16, 16)
-    with pytest.raises(InputError, match="shifted 3-D mask Phi"):
+    with pytest.raises(InputError, match="shifted 3-D mask Phi as second input"):
         model(x)
     with pytest.raises(InputError, match=r"mask must be the shifted 3-D mask of shape 1 \(or 1\) x 28 x 16 x 70"):
         model(x, mask[..., :64])

@@ -180,22 +180,34 @@ def format_sweep(rows: list[dict]) -> str:
 
 
 def plot_sweep(rows: list[dict], path: str) -> None:
-    """Save the sweep as a PNG: MACs and params against C, MACs against N."""
+    """Save the sweep as a PNG: MACs and params relative to CSA against C, MACs against N."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    csa = {(r["sweep"], r["dim"], r["pixels"]): r for r in rows if r["attention"] == "csa"}
+
+    def value(r: dict, key: str, relative: bool) -> float:
+        return r[key] / csa[(r["sweep"], r["dim"], r["pixels"])][key] if relative else r[key]
+
+    relative = bool(csa)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = (("C", "dim", "macs", "MACs against C"), ("C", "dim", "params", "params against C"), ("N", "pixels", "macs", "MACs against N"))
-    for ax, (sweep, x_key, y_key, title) in zip(axes, panels):
-        for attention in dict.fromkeys(r["attention"] for r in rows):
+    panels = (
+        ("C", "dim", "macs", relative, "MACs / CSA's against C" if relative else "MACs against C"),
+        ("C", "dim", "params", relative, "params / CSA's against C" if relative else "params against C"),
+        ("N", "pixels", "macs", False, "MACs against N"),
+    )
+    styles = ["o-", "s--", "^-.", "v:", "D-", "x--"]
+    for ax, (sweep, x_key, y_key, as_ratio, title) in zip(axes, panels):
+        for style, attention in zip(styles * 4, dict.fromkeys(r["attention"] for r in rows)):
             points = [r for r in rows if r["attention"] == attention and r["sweep"] == sweep]
-            ax.plot([p[x_key] for p in points], [p[y_key] for p in points], marker="o", label=attention)
+            ax.plot([p[x_key] for p in points], [value(p, y_key, as_ratio) for p in points], style, label=attention)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if not as_ratio:
+            ax.set_yscale("log")
         ax.set_xlabel("C (channels = tokens)" if x_key == "dim" else "N (pixels = embedding)")
-        ax.set_ylabel(y_key)
+        ax.set_ylabel(f"{y_key} / CSA" if as_ratio else y_key)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()

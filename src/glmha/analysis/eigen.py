@@ -348,19 +348,18 @@ class RankReport:
 
 def analyse_attention(
     model: nn.Module,
-    images: Iterable[torch.Tensor],
+    inputs: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
     output_dir: str | Path,
     spectrum_kind: str = "singular",
     shares: Sequence[float] = DEFAULT_SHARES,
     suggest_share: float = 0.95,
     title: str | None = None,
-    extra_inputs: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
 ) -> RankReport:
-    """Eigen-analysis of ``model`` over ``images``; writes ``attention_spectrum.png``, ``ranks.md``, ``ranks.json``.
+    """Eigen-analysis of ``model`` over ``inputs``; writes ``attention_spectrum.png``, ``ranks.md``, ``ranks.json``.
 
-    Images are ``1 x C x H x W`` tensors of any size, padded to the model's size multiple as
-    :func:`glmha.restore` does. ``extra_inputs(image)`` gives further forward inputs when the
-    model needs them (e.g. a CASSI mask).
+    Each input is an image (``1 x C x H x W`` of any size, padded to the model's size
+    multiple as :func:`glmha.restore` does), or a tuple of forward inputs used as they are
+    (e.g. a CASSI measurement and mask).
     """
     import json
 
@@ -371,9 +370,11 @@ def analyse_attention(
     multiple = int(getattr(model, "size_multiple", 1))
 
     def batches():
-        for image in images:
-            image = pad_to_multiple(image.to(device), multiple)
-            yield (image, *(extra_inputs(image) if extra_inputs else ()))
+        for item in inputs:
+            if isinstance(item, torch.Tensor):
+                yield (pad_to_multiple(item.to(device), multiple),)
+            else:
+                yield tuple(t.to(device) for t in item)
 
     spectra = attention_spectra(model, batches(), spectrum_kind)
     output_dir = Path(output_dir)

@@ -169,9 +169,7 @@ def task_figures(
     examples: int = 2,
 ) -> list[Figure]:
     """The figures of one demo task: images side by side; bands and spectral curves for cubes."""
-    from ..engine.tasks import get_task
-
-    engine_task = get_task(task.name)
+    engine_task = task.engine_task()
     shown = []
     for batch in test_batches[:examples]:
         on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -184,8 +182,9 @@ def task_figures(
     if task.kind == "image":
         rows = []
         for batch, predictions, scores in shown:
-            inp = task.figure_inputs(batch) if task.figure_inputs else batch["input"]
-            row = [("input", inp)]
+            inp = task.shown_input(batch)
+            input_score = float(engine_task.metrics(batch["input"], batch)[primary].mean())
+            row = [(f"input {primary.upper()} {input_score:.2f}", inp)]
             row += [(f"{name} {primary.upper()} {float(scores[name][primary].mean()):.2f}", pred) for name, pred in predictions.items()]
             row.append(("ground truth", batch["target"]))
             rows.append(row)
@@ -193,11 +192,11 @@ def task_figures(
         figures.append(Figure(path, f"{task.title}: input, CSA, GLMHA and ground truth on held-out images ({primary.upper()} per image)."))
         return figures
 
-    wavelengths = task.config.get("wavelengths") or list(range(len(shown[0][0]["target"][0])))
+    wavelengths = list(task.wavelengths) or list(range(shown[0][0]["target"].shape[1]))
     batch, predictions, scores = shown[0]
-    rows = [[("input", task.figure_inputs(batch) if task.figure_inputs else batch["input"])]]
-    comparison = comparison_figure(rows, figures_dir / f"{task.name}_input.png")
-    figures.append(Figure(comparison, f"{task.title}: the network input of the example below."))
+    what = "RGB image" if "input" in batch else "CASSI measurement (coded, dispersed and summed bands)"
+    comparison = comparison_figure([[(what, task.shown_input(batch))]], figures_dir / f"{task.name}_input.png")
+    figures.append(Figure(comparison, f"{task.title}: the {what} the networks reconstruct the cube below from."))
     cubes = {"ground truth": batch["target"], **predictions}
     cubes = {name: cubes[name] for name in ("ground truth", *predictions)}
     scores_text = ", ".join(f"{name} {primary.upper()} {float(s[primary].mean()):.4f}" for name, s in scores.items())

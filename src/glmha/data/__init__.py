@@ -1,1 +1,6 @@
 
+# Spectral data: the CASSI forward model, hyperspectral files and built-in synthetic scenes.
+from . import cassi, hyperspectral, synthetic_hsi  # noqa: F401,E402
+from .cassi import CASSI  # noqa: E402
+from .hyperspectral import ARAD1K, CASSIPatches, CubeFolder, load_cave_scenes, load_kaist_scenes  # noqa: E402
+from .synthetic_hsi import SyntheticHSI, synthetic_scene  # noqa: E402

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .hyperspectral import read_mat
+
 __all__ = [
     "CASSI",
     "MASK_SETTINGS",
@@ -50,8 +52,6 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
 
     The official simulation mask is ``TSA_simu_data/mask.mat``, key ``mask``, 256 x 256.
     """
-    from .hyperspectral import read_mat  # one reader for every .mat layout
-
     path = Path(path)
     if path.suffix.lower() == ".npy":
         array = np.load(path)

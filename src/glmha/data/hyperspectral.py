@@ -231,8 +231,9 @@ def augment(array: np.ndarray, rotations: int, flip_width: bool, flip_height: bo
 
 def random_augment(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Apply one random :func:`augment` (drawn from torch's generator) to every array alike."""
-    rotations, flip_width, flip_height = (int(v) for v in torch.randint(0, 4, (1,)).tolist() + torch.randint(0, 2, (2,)).tolist())
-    return tuple(augment(a, rotations, bool(flip_width), bool(flip_height)) for a in arrays)
+    rotations = int(torch.randint(0, 4, ()))
+    flip_width, flip_height = (bool(v) for v in torch.randint(0, 2, (2,)).tolist())
+    return tuple(augment(a, rotations, flip_width, flip_height) for a in arrays)
 
 
 def cube_patch_grid(height: int, width: int, crop_size: int, stride: int) -> tuple[int, int]:

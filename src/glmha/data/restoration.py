@@ -46,7 +46,7 @@ def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
 
     path = Path(path)
     try:
-        image = np.asarray(imread(path))
+        image = _read_png16(path) if _is_png16(path) else np.asarray(imread(path))
     except Exception as err:  # any decoder failure means the same to the user
         raise DatasetError(f"cannot read image {path}: {err}") from None
     if image.dtype == np.uint8:
@@ -67,6 +67,23 @@ def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
     elif not grayscale and image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     return np.ascontiguousarray(image)
+
+
+def _is_png16(path: Path) -> bool:
+    # Pillow decodes 16-bit RGB PNGs (DPDD) to 8 bits; those go through pypng instead.
+    if path.suffix.lower() != ".png" or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        header = f.read(25)
+    return len(header) == 25 and header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    image = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return image.reshape(height, width, info["planes"])
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

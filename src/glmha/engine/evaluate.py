@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write, load_checkpoint
 from .config import ConfigError, load_config
-from .tasks import build_dataset, get_task
+from .tasks import build_dataset, get_task, task_name
 from .trainer import _autocast, _to_device, build_model
 
 
@@ -75,7 +75,7 @@ def evaluate(
     tile = tile if tile is not None else options.get("tile")
     precision = options.get("precision", precision)
     task = get_task(cfg["task"])
-    run_dir = Path(cfg.get("output_dir") or "runs/" + cfg["task"])
+    run_dir = Path(cfg.get("output_dir") or "runs/" + task_name(cfg["task"]))
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if model is None:
         model = build_model(cfg)

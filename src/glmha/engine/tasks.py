@@ -20,12 +20,18 @@ from torch import nn
 from ..data import restoration
 from ..inference import restore
 from ..metrics import image as image_metrics
+from . import spectral
 
 DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "paired_folder": restoration.PairedImageFolder,
     "noisy_folder": restoration.NoisyImageFolder,
     "sidd_blocks": restoration.SIDDBlocks,
     "synthetic": restoration.SyntheticPairs,
+    "arad1k": spectral.ARAD1KPairs,
+    "synthetic_rgb2hsi": spectral.SyntheticRGBToHSI,
+    "cave": spectral.CAVETrainingCubes,
+    "kaist": spectral.KAISTScenes,
+    "synthetic_cassi": spectral.SyntheticCASSI,
 }
 
 
@@ -69,16 +75,18 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 class RestorationTask:
     """Image in, image out; PSNR/SSIM on RGB or on MATLAB's Y channel.
 
-    Evaluation clips the output to [0, 1] and rounds it to 8 bits, as the official scripts
-    that save PNGs and measure them.
+    Evaluation clips the output to [0, 1] and (``quantize``) rounds it to 8 bits, as the
+    official scripts that save 8-bit PNGs and measure them.
     """
 
     primary_metric = "psnr"
     higher_is_better = True
 
-    def __init__(self, name: str, y_channel: bool):
+    def __init__(self, name: str, y_channel: bool, quantize: bool = True, mae: bool = False):
         self.name = name
         self.y_channel = y_channel
+        self.quantize = quantize
+        self.mae = mae
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["input"])
@@ -86,28 +94,113 @@ class RestorationTask:
     def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
         return restore(model, batch["input"], tile=tile)
 
-    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], quantize: bool = True) -> dict[str, torch.Tensor]:
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         target = batch["target"].to(pred.device)
         pred = pred.clamp(0, 1)
-        if quantize:
+        if self.quantize:
             pred = (pred * 255).round() / 255
         y = self.y_channel and pred.shape[1] == 3
-        return {
+        values = {
             "psnr": image_metrics.psnr(pred, target, y_channel=y),
             "ssim": image_metrics.ssim(pred, target, y_channel=y),
         }
+        if self.mae:
+            values["mae"] = (pred.double() - target.double()).abs().flatten(1).mean(1)
+        return values
 
 
-TASKS: dict[str, Any] = {
-    "deraining": RestorationTask("deraining", y_channel=True),
-    "motion_deblurring": RestorationTask("motion_deblurring", y_channel=False),
-    "defocus_deblurring": RestorationTask("defocus_deblurring", y_channel=False),
-    "gaussian_denoising": RestorationTask("gaussian_denoising", y_channel=False),
-    "real_denoising": RestorationTask("real_denoising", y_channel=False),
+class RGBToHSITask:
+    """RGB to 31-band hyperspectral (MST++, NTIRE 2022): MRAE, RMSE and PSNR as the official
+    code computes them, after cropping ``border`` pixels on every side (official test: 128)."""
+
+    name = "rgb_to_hsi"
+    primary_metric = "mrae"
+    higher_is_better = False
+
+    def __init__(self, border: int = 128):
+        self.border = border
+
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["input"])
+
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+        return restore(model, batch["input"], tile=tile)
+
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..metrics import spectral as m
+
+        target = batch["target"].to(pred.device)
+        return {
+            "mrae": m.mrae(pred, target, self.border, reduction="none"),
+            "rmse": m.rmse(pred, target, self.border, reduction="none"),
+            "psnr": m.spectral_psnr(pred, target, self.border, reduction="none"),
+        }
+
+
+class CASSITask:
+    """CASSI reconstruction (MST): the measurement is simulated from the cube and the coded
+    aperture of each sample; the network gets the official inputs (``input_setting`` "H":
+    the measurement divided by the band count, doubled and shifted back; ``mask_setting``
+    "Phi": the shifted 3-D mask). Metrics: MST's per-band PSNR and SSIM, averaged over bands."""
+
+    name = "cassi"
+    primary_metric = "psnr"
+    higher_is_better = True
+
+    def __init__(self, input_setting: str = "H", mask_setting: str = "Phi", step: int = 2):
+        from ..data import cassi
+
+        if input_setting not in cassi.MEASUREMENT_SETTINGS or mask_setting not in cassi.MASK_SETTINGS:
+            raise ValueError(f"CASSI settings: input one of {cassi.MEASUREMENT_SETTINGS}, mask one of {cassi.MASK_SETTINGS}")
+        self.input_setting, self.mask_setting, self.step = input_setting, mask_setting, step
+
+    def inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple:
+        from ..data import cassi
+
+        cube = batch["target"]
+        mask3d = batch["mask"].to(cube.device, cube.dtype).unsqueeze(1).expand(-1, cube.shape[1], -1, -1)
+        measurement = cassi.measurement_input(cube, mask3d, self.input_setting, self.step)
+        return measurement, cassi.mask_input(mask3d, self.mask_setting, self.step)
+
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(*self.inputs(batch))
+
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+        if tile:
+            raise ValueError("CASSI reconstruction runs on whole scenes; tiled inference does not apply")
+        return model(*self.inputs(batch))
+
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..metrics import spectral as m
+
+        target = batch["target"].to(pred.device)
+        return {"psnr": m.cassi_psnr(pred, target, reduction="none"), "ssim": m.cassi_ssim(pred, target, reduction="none")}
+
+
+TASKS: dict[str, Callable[..., Any]] = {
+    "deraining": lambda: RestorationTask("deraining", y_channel=True),
+    "motion_deblurring": lambda: RestorationTask("motion_deblurring", y_channel=False),
+    # DPDD is 16-bit: the official script measures the float output, and reports MAE too.
+    "defocus_deblurring": lambda: RestorationTask("defocus_deblurring", y_channel=False, quantize=False, mae=True),
+    "gaussian_denoising": lambda: RestorationTask("gaussian_denoising", y_channel=False),
+    "real_denoising": lambda: RestorationTask("real_denoising", y_channel=False),
+    "rgb_to_hsi": RGBToHSITask,
+    "cassi": CASSITask,
 }
 
 
-def get_task(name: str):
+def task_name(spec: str | Mapping[str, Any]) -> str:
+    """The task's name from a config's ``task`` entry (a name, or ``{name: ..., options}``)."""
+    return spec if isinstance(spec, str) else str(spec.get("name"))
+
+
+def get_task(spec: str | Mapping[str, Any]):
+    """The task object of a config's ``task`` entry: a name, or a mapping ``{name, **options}``."""
+    options = {} if isinstance(spec, str) else dict(spec)
+    name = spec if isinstance(spec, str) else options.pop("name", None)
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)}")
-    return TASKS[name]
+    try:
+        return TASKS[name](**options)
+    except TypeError as err:
+        raise ValueError(f"task {name!r}: {err}") from None

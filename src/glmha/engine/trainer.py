@@ -36,7 +36,7 @@ from ..models import create_model
 from .config import ConfigError, load_config
 from .distributed import DistributedContext, init_distributed
 from .sampling import SampleStream
-from .tasks import LOSSES, build_dataset, get_task
+from .tasks import LOSSES, build_dataset, get_task, task_name
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -276,7 +276,7 @@ def train(
     cfg = load_config(config, overrides, variant)
     settings = _settings(cfg)
     task = get_task(cfg["task"])
-    output_dir = Path(output_dir or cfg.get("output_dir") or "runs/" + cfg["task"])
+    output_dir = Path(output_dir or cfg.get("output_dir") or "runs/" + task_name(cfg["task"]))
     seed = int(cfg.get("seed", 0))
     ctx = init_distributed(device)
     try:
@@ -327,7 +327,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         writer = SummaryWriter(str(output_dir / "tensorboard"))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=settings.total_iters, initial=iteration, disable=not (ctx.is_main and settings.progress), dynamic_ncols=True, desc=cfg["task"])
+    bar = tqdm(total=settings.total_iters, initial=iteration, disable=not (ctx.is_main and settings.progress), dynamic_ncols=True, desc=task_name(cfg["task"]))
 
     def checkpoint() -> Path:
         state = {

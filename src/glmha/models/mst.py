@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..attention import build_attention
-from ..validation import InputError, check_image_batch
+from ..validation import InputError, check_image_batch, check_shifted_mask
 from .registry import register_model
 
 MST_PRESETS = {"mst_s": (2, 2, 2), "mst_m": (2, 4, 4), "mst_l": (4, 7, 5)}
@@ -188,20 +188,8 @@ class MST(nn.Module):
             raise InputError(
                 f"MST needs H and W divisible by {self.size_multiple} ({self.stage} downsamplings), got {h}x{w}"
             )
-        if not self.mask_guided:
-            return
-        if mask is None:
-            raise InputError(
-                f"MST needs the shifted 3-D mask Phi as second input (B x {self.dim} x H x (W + {self.mask_width_extra})); "
-                "see glmha.data.cassi"
-            )
-        check_image_batch(mask, self.dim, what="mask")
-        expected = (h, w + self.mask_width_extra)
-        if tuple(mask.shape[-2:]) != expected or mask.shape[0] not in (1, x.shape[0]):
-            raise InputError(
-                f"mask must be the shifted 3-D mask of shape {x.shape[0]} (or 1) x {self.dim} x {expected[0]} x {expected[1]} "
-                f"for an input of {h}x{w} (2 px of dispersion per band), got {tuple(mask.shape)}"
-            )
+        if self.mask_guided:
+            check_shifted_mask(mask, x, self.dim, self.mask_width_extra)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(x, mask)

@@ -1,0 +1,177 @@
+"""A fast path for any glmha model that leaves its outputs unchanged (beyond float rounding).
+
+``glmha.optimize(model)`` wraps a model with the speed-ups that do not alter what it computes:
+
+- channels-last memory layout of weights and inputs (oneDNN's depth-wise convolutions, the
+  bulk of Restormer's CPU time, run about 2x faster on it; layer norm over channels reads it
+  in place);
+- ``torch.inference_mode`` in eval mode (no autograd bookkeeping);
+- ``torch.compile`` of the whole forward as one graph (``fullgraph=True``: a graph break is
+  an error, not a silent slowdown), with Inductor's weight freezing for inference;
+- optionally bf16/fp16 autocast; the models keep their norms and softmax in float32.
+
+The float32 paths match the plain model to ~1e-6 (tests/test_fast.py checks 1e-5 on the
+official golden outputs); autocast trades that exactness for speed on GPUs and is off by default.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .validation import check_image_batch
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class FastModel(nn.Module):
+    """A model behind the fast path; build it with :func:`optimize`.
+
+    Calls take and return what the wrapped model takes and returns. The wrapped model is
+    ``.module``; its parameters are shared (not copied), so ``state_dict()`` keys carry a
+    ``module.`` prefix. ``in_channels``, ``out_channels``, ``size_multiple`` and
+    ``example_inputs`` are the wrapped model's, so :func:`glmha.restore` accepts a FastModel.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        forward: Callable[..., Any],
+        channels_last: bool,
+        inference: bool,
+        autocast_dtype: torch.dtype | None,
+        compiled: bool,
+    ):
+        super().__init__()
+        self.module = module
+        self._forward = forward  # a plain function (the compiled one): not registered as a submodule
+        self.channels_last = channels_last
+        self.inference = inference
+        self.autocast_dtype = autocast_dtype
+        self.compiled = compiled
+
+    # The attributes the rest of the package reads off a model.
+    @property
+    def in_channels(self) -> int | None:
+        return getattr(self.module, "in_channels", None)
+
+    @property
+    def out_channels(self) -> int | None:
+        return getattr(self.module, "out_channels", None)
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.module, "size_multiple", 1))
+
+    def example_inputs(self, *args, **kwargs) -> tuple[torch.Tensor, ...]:
+        return self.module.example_inputs(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        dtype = None if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
+        return (
+            f"compiled={self.compiled}, channels_last={self.channels_last}, "
+            f"inference={self.inference}, autocast={dtype}"
+        )
+
+    def _check_inputs(self, inputs: tuple) -> None:
+        # A compiled model skips its own data-dependent input checks while tracing
+        # (glmha.validation), so the wrapper runs them eagerly here.
+        check = getattr(self.module, "check_inputs", None)
+        if check is not None:
+            check(*inputs)
+        elif inputs:
+            check_image_batch(inputs[0], self.in_channels)
+
+    def forward(self, *inputs: Any) -> Any:
+        if self.compiled:
+            self._check_inputs(inputs)
+        restore_layout = []
+        if self.channels_last:
+            restore_layout = [_is_plain_image(x) for x in inputs[:1]]
+            inputs = tuple(_to_channels_last(x) for x in inputs)
+        device_type = _device_type(self.module)
+        with contextlib.ExitStack() as stack:
+            if self.inference and not self.training:
+                stack.enter_context(torch.inference_mode())
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(device_type, dtype=self.autocast_dtype))
+            out = self._forward(*inputs)
+        if isinstance(out, torch.Tensor):
+            if self.autocast_dtype is not None and inputs and isinstance(inputs[0], torch.Tensor):
+                out = out.to(inputs[0].dtype)  # back to the caller's precision
+            if restore_layout and restore_layout[0] and out.dim() == 4:
+                out = out.contiguous()  # the caller gave a standard layout: return one
+        return out
+
+
+def _is_plain_image(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_contiguous()
+
+
+def _to_channels_last(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _device_type(module: nn.Module) -> str:
+    param = next(module.parameters(), None)
+    return "cpu" if param is None else param.device.type
+
+
+def optimize(
+    model: nn.Module,
+    compile: bool = True,
+    channels_last: bool = True,
+    inference: bool = True,
+    autocast: str | torch.dtype | None = None,
+    fullgraph: bool = True,
+    freeze: bool | None = None,
+    compile_mode: str | None = None,
+) -> FastModel:
+    """Return ``model`` behind the fast path (see the module docstring); outputs are unchanged.
+
+    Args:
+        model: any glmha model (or module taking image batches).
+        compile: ``torch.compile`` the forward. The first call of each input shape compiles
+            (tens of seconds to minutes on a CPU for a full Restormer); later calls are fast.
+        channels_last: convert the weights (in place) and the 4-D inputs to channels-last.
+        inference: in eval mode, run under ``torch.inference_mode`` (outputs carry no
+            autograd history). Training mode is never affected.
+        autocast: ``"bfloat16"`` / ``"float16"`` (or the dtype) to run under autocast on the
+            model's device; outputs are cast back to the input's dtype. ``None``: float32 as is.
+        fullgraph: make a graph break an error (the glmha models compile as one graph).
+        freeze: let Inductor freeze the weights as constants (folds and prepacks them; CPU
+            inference only). Default: on when compiling a model in eval mode with
+            ``inference`` and no ``compile_mode``. A frozen model does not see later changes of its weights: optimize
+            again after loading new ones.
+        compile_mode: passed to ``torch.compile`` as ``mode`` (e.g. ``"max-autotune"``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, FastModel):
+        raise TypeError("this model is already optimized; pass its .module to optimize it again")
+    autocast_dtype = _resolve_autocast(autocast)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward: Callable[..., Any] = model
+    if compile:
+        if freeze is None:
+            freeze = inference and not model.training and compile_mode is None
+        if freeze and compile_mode is not None:
+            raise ValueError("freeze=True cannot be combined with compile_mode (torch.compile takes a mode or options, not both)")
+        options = {"freezing": True} if freeze else None
+        forward = torch.compile(model.forward, fullgraph=fullgraph, mode=compile_mode, options=options)
+    elif freeze:
+        raise ValueError("freeze=True needs compile=True (freezing is an Inductor compile option)")
+    return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile)
+
+
+def _resolve_autocast(autocast: str | torch.dtype | None) -> torch.dtype | None:
+    if autocast is None or isinstance(autocast, torch.dtype) and autocast in AUTOCAST_DTYPES.values():
+        return autocast
+    if isinstance(autocast, str) and autocast.lower() in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[autocast.lower()]
+    raise ValueError(f"autocast must be None, 'bfloat16' or 'float16' (or the torch dtype), got {autocast!r}")

@@ -1,0 +1,161 @@
+"""Spectral reconstruction of files for the command line: RGB images with MST++, CASSI measurements with MST.
+
+Cubes are written as ``.mat`` (MATLAB v7.3, variable ``cube``, ``H x W x bands`` as the
+NTIRE 2022 and KAIST files hold them) or ``.npy`` (``bands x H x W``, float32).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+from .validation import InputError
+
+CUBE_FORMATS = ("mat", "npy")
+MEASUREMENT_SUFFIXES = (".mat", ".npy")
+# Variable names tried, in order, for a CASSI measurement in a .mat file.
+MEASUREMENT_KEYS = ("meas", "measurement", "y", "Y")
+
+
+def write_cube(path: str | os.PathLike, cube: torch.Tensor | np.ndarray, fmt: str = "mat") -> Path:
+    """Write a ``bands x H x W`` cube atomically as ``.mat`` (``cube``, H x W x bands) or ``.npy`` (bands x H x W)."""
+    from .data.hyperspectral import write_mat
+
+    array = cube.detach().float().cpu().numpy() if isinstance(cube, torch.Tensor) else np.asarray(cube, np.float32)
+    if array.ndim == 4:
+        array = array[0]
+    if fmt == "mat":
+        hwc = np.ascontiguousarray(array.transpose(1, 2, 0))
+        return atomic_write(path, lambda tmp: write_mat(tmp, {"cube": hwc}))
+    if fmt == "npy":
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
+                np.save(f, np.ascontiguousarray(array))
+
+        return atomic_write(path, save)
+    raise InputError(f"cube format must be one of {CUBE_FORMATS}, got {fmt!r}")
+
+
+def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """A CASSI measurement (``H x W'``) or a cube to simulate one from (3-D), from ``.mat`` or ``.npy``."""
+    from .data.hyperspectral import read_cube, read_mat
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path)
+        elif path.suffix.lower() == ".mat":
+            array = None
+            for name in [key] if key else MEASUREMENT_KEYS:
+                try:
+                    array = read_mat(path, name)
+                    break
+                except KeyError:
+                    if key:
+                        raise
+            if array is None:  # no measurement: a scene cube, as the KAIST test files hold
+                return read_cube(path)
+        else:
+            raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .mat or .npy")
+    except (ValueError, KeyError, OSError) as err:
+        raise InputError(f"cannot read {path}: {err}") from None
+    if array.ndim not in (2, 3):
+        raise InputError(f"{path}: expected a 2-D measurement or a 3-D cube, got shape {array.shape}")
+    return np.asarray(array, dtype=np.float32)
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    name, n = path.stem, 1
+    while name in used:
+        n += 1
+        name = f"{path.stem}_{n}"
+    used.add(name)
+    return name
+
+
+@torch.no_grad()
+def reconstruct_rgb_files(
+    model: nn.Module,
+    paths: Iterable[Path],
+    output_dir: str | os.PathLike,
+    fmt: str = "mat",
+    tile: int | None = None,
+    overlap: int = 32,
+    progress: bool = True,
+) -> tuple[list[Path], list[str]]:
+    """RGB images to cubes with an MST++-style model; each image min-max normalised as the official test code.
+
+    Returns the written paths and one message per file that could not be read.
+    """
+    from tqdm import tqdm
+
+    from .data.hyperspectral import read_rgb
+    from .inference import restore
+
+    written, failed, used = [], [], set()
+    for path in tqdm(list(paths), desc="reconstructing", unit="image", disable=not progress):
+        try:
+            rgb = torch.from_numpy(read_rgb(path, normalize="minmax"))[None]
+        except (ValueError, FileNotFoundError) as err:
+            failed.append(str(err))
+            continue
+        cube = restore(model, rgb, tile=tile, overlap=overlap)
+        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+    return written, failed
+
+
+@torch.no_grad()
+def reconstruct_cassi_files(
+    model: nn.Module,
+    paths: Iterable[Path],
+    mask: torch.Tensor,
+    output_dir: str | os.PathLike,
+    fmt: str = "mat",
+    step: int = 2,
+    key: str | None = None,
+    progress: bool = True,
+) -> tuple[list[Path], list[str]]:
+    """CASSI measurements (or cubes, measured first through ``mask``) to cubes with an MST model.
+
+    The network takes the official inputs: ``H`` (the shifted-back measurement scaled by
+    2 / bands) and the shifted 3-D mask ``Phi``. A measurement is ``H x (W + step (bands - 1))``
+    for an ``H x W`` mask. Returns the written paths and one message per file that failed.
+    """
+    from tqdm import tqdm
+
+    from .data.cassi import mask_3d, mask_input, measure, shift_back
+
+    bands = int(model.out_channels)
+    multiple = int(getattr(model, "size_multiple", 1))
+    if mask.dim() != 2 or mask.shape[0] % multiple or mask.shape[1] % multiple:
+        raise InputError(f"the mask must be H x W with both divisible by {multiple} for this model, got {tuple(mask.shape)}")
+    device = next(model.parameters()).device
+    mask3d = mask_3d(mask, bands).to(device)
+    phi = mask_input(mask3d, "Phi", step)
+    h, w = mask.shape
+    written, failed, used = [], [], set()
+    for path in tqdm(list(paths), desc="reconstructing", unit="file", disable=not progress):
+        try:
+            array = read_cassi_input(path, key)
+        except InputError as err:
+            failed.append(str(err))
+            continue
+        data = torch.from_numpy(array).to(device)
+        if data.dim() == 3:  # a scene cube: simulate its measurement
+            if tuple(data.shape) != (bands, h, w):
+                failed.append(f"{path}: cube {tuple(data.shape)} does not match {bands} bands of the {h}x{w} mask")
+                continue
+            data = measure(data[None], mask3d, step)[0]
+        if tuple(data.shape) != (h, w + step * (bands - 1)):
+            failed.append(f"{path}: measurement {tuple(data.shape)} does not fit the {h}x{w} mask with {bands} bands "
+                          f"(expected {h}x{w + step * (bands - 1)})")
+            continue
+        x = shift_back(data[None] / bands * 2, bands=bands, step=step)
+        cube = model(x, phi)
+        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+    return written, failed

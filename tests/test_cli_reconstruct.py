@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import glmha
+from glmha.cli import main
+from glmha.data.cassi import mask_3d, mask_input, measure, random_mask, shift_back
+from glmha.data.hyperspectral import read_cube, read_mat, write_mat
+
+MSTPP = {"stage": 1}
+MST = {"dim": 8, "in_channels": 8, "out_channels": 8, "num_blocks": [1, 1, 1]}
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip() and "/s]" not in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_rgb_images_to_cubes(tmp_path):
+    model = glmha.create_model("mst_plus_plus", **MSTPP)
+    checkpoint = glmha.save_weights(model, tmp_path / "mstpp.safetensors")
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (13, 9, 3), dtype=np.uint8)).save(tmp_path / "in" / "b.jpg")
+    base = ["reconstruct", str(tmp_path / "in"), "--checkpoint", str(checkpoint), "--model-kwargs", json.dumps(MSTPP)]
+    assert main([*base, "--output", str(tmp_path / "mat")]) == 0
+    cube = read_mat(tmp_path / "mat" / "a.mat", "cube")
+    assert cube.shape == (20, 28, 31) and cube.dtype == np.float32
+    assert read_cube(tmp_path / "mat" / "b.mat").shape == (31, 13, 9)
+    assert main([*base, "--output", str(tmp_path / "npy"), "--format", "npy"]) == 0
+    npy = np.load(tmp_path / "npy" / "a.npy")
+    assert npy.shape == (31, 20, 28)
+    assert np.allclose(npy, cube.transpose(2, 0, 1))
+    # the numbers are the model's on the min-max normalised image
+    rgb = np.asarray(Image.open(tmp_path / "in" / "a.png"), dtype=np.float32)
+    rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
+    expected = glmha.restore(model.eval(), torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0]
+    assert np.allclose(npy, expected.numpy(), atol=1e-5)
+
+
+def test_cassi_measurements_and_cubes_to_cubes(tmp_path):
+    model = glmha.create_model("mst_s", **MST).eval()
+    checkpoint = glmha.save_weights(model, tmp_path / "mst.safetensors")
+    mask = random_mask(16, 16, seed=3)
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    cube = torch.rand(1, 8, 16, 16)
+    meas = measure(cube, mask_3d(mask, 8))  # 1 x 16 x 30
+    (tmp_path / "in").mkdir()
+    write_mat(tmp_path / "in" / "snap.mat", {"meas": meas[0].numpy()})
+    write_mat(tmp_path / "in" / "scene.mat", {"img": cube[0].numpy().transpose(1, 2, 0).copy()}, version="5")
+    args = ["reconstruct", str(tmp_path / "in"), "--mask", str(tmp_path / "mask.npy"), "--model", "mst_s",
+            "--model-kwargs", json.dumps(MST), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--format", "npy"]
+    assert main(args) == 0
+    out_snap, out_scene = np.load(tmp_path / "out" / "snap.npy"), np.load(tmp_path / "out" / "scene.npy")
+    assert out_snap.shape == (8, 16, 16)
+    assert np.allclose(out_snap, out_scene, atol=1e-5)  # a cube is measured through the mask first
+    with torch.no_grad():
+        expected = model(shift_back(meas / 8 * 2, bands=8), mask_input(mask_3d(mask, 8), "Phi"))[0]
+    assert np.allclose(out_snap, expected.numpy(), atol=1e-5)
+
+
+def test_cassi_measurement_of_the_wrong_size_is_reported(tmp_path, capsys):
+    model = glmha.create_model("mst_s", **MST)
+    checkpoint = glmha.save_weights(model, tmp_path / "mst.safetensors")
+    np.save(tmp_path / "mask.npy", random_mask(16, 16).numpy())
+    np.save(tmp_path / "meas.npy", np.zeros((16, 20), np.float32))
+    args = ["reconstruct", str(tmp_path / "meas.npy"), "--mask", str(tmp_path / "mask.npy"), "--model", "mst_s",
+            "--model-kwargs", json.dumps(MST), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]
+    assert main(args) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "does not fit the 16x16 mask with 8 bands (expected 16x30)" in err
+
+
+def test_mask_guided_model_needs_a_mask(tmp_path, capsys):
+    model = glmha.create_model("mst_s", **MST)
+    checkpoint = glmha.save_weights(model, tmp_path / "mst.safetensors")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["reconstruct", str(tmp_path / "a.png"), "--model", "mst_s", "--model-kwargs", json.dumps(MST),
+                 "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 1
+    assert "pass the coded aperture with --mask" in error_line(capsys.readouterr().err)
+
+
+def test_reconstruct_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["reconstruct", "--help"])
+    assert info.value.code == 0 and "examples:" in capsys.readouterr().out

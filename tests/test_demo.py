@@ -1,0 +1,56 @@
+import json
+import math
+import re
+
+import pytest
+
+from glmha.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--budget", "tiny", "--output", str(out)]) == 0
+    return out
+
+
+def test_tiny_demo_writes_the_report_with_every_figure(demo_report):
+    md = (demo_report / "report.md").read_text()
+    html = (demo_report / "report.html").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert figures, "the report embeds no figure"
+    for figure in figures:
+        assert (demo_report / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{figure}"' in html
+    names = " ".join(figures)
+    assert "deraining_comparison.png" in names and "attention_spectrum.png" in names
+    results = json.loads((demo_report / "results.json").read_text())["results"]
+    tasks = {r["task"] for r in results}
+    if "rgb_to_hsi" in tasks:  # the spectral task shows bands and pixel spectra
+        assert "rgb_to_hsi_bands.png" in names and "rgb_to_hsi_spectra.png" in names
+
+
+def test_tiny_demo_table_has_finite_numbers_for_both_models(demo_report):
+    results = json.loads((demo_report / "results.json").read_text())["results"]
+    by_task = {}
+    for r in results:
+        by_task.setdefault(r["task"], {})[r["attention"]] = r
+    assert "deraining" in by_task
+    for task, models in by_task.items():
+        assert set(models) == {"csa", "glmha"}, task
+        for r in models.values():
+            numbers = [r["params"], r["macs"], r["latency_ms"], *r["metrics"].values()]
+            assert r["metrics"] and all(math.isfinite(x) and x > 0 for x in numbers), r
+        assert models["glmha"]["params"] < models["csa"]["params"]
+        assert models["glmha"]["macs"] < models["csa"]["macs"]
+    md = (demo_report / "report.md").read_text()
+    rows = [line for line in md.splitlines() if re.match(r"\| \w+ \| (CSA|GLMHA) \|", line)]
+    assert len(rows) == len(results)
+    for row in rows:
+        assert "nan" not in row.lower() and "inf" not in row.lower()
+
+
+def test_demo_rejects_unknown_task(tmp_path, capsys):
+    assert main(["demo", "--budget", "tiny", "--tasks", "colourisation", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glmha demo: error: unknown demo task 'colourisation'") and "\n" not in err
