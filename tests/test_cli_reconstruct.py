@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ MST = {"dim": 8, "in_channels": 8, "out_channels": 8, "num_blocks": [1, 1, 1]}
 
 
 def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip() and "/s]" not in line]
+    # tqdm's progress bar is drawn on stderr too, each update after a carriage return
+    lines = [line for line in re.split(r"[\r\n]", stderr) if line.strip() and not re.match(r"(restoring|reconstructing):", line)]
     assert len(lines) == 1, lines
     return lines[0]
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads
 
 def error_line(stderr: str) -> str:
     """The error printed on stderr, which must be a single line (tqdm's progress bar lines aside)."""
-    lines = [line for line in stderr.splitlines() if line.strip() and "image/s]" not in line]
+    # tqdm's progress bar is drawn on stderr too, each update after a carriage return
+    lines = [line for line in re.split(r"[\r\n]", stderr) if line.strip() and not re.match(r"(restoring|reconstructing):", line)]
     assert len(lines) == 1, lines
     return lines[0]
 

@@ -9,6 +9,7 @@ Public entry points::
 from .analysis import Profile, profile
 from .attention import list_attentions, swap_attention
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_weights
+from .fast import FastModel, optimize
 from .inference import restore
 from .models import create_model, list_models
 from .validation import InputError
@@ -17,12 +18,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "FastModel",
     "InputError",
     "Profile",
     "create_model",
     "list_attentions",
     "list_models",
     "load_checkpoint",
+    "optimize",
     "profile",
     "read_state_dict",
     "restore",

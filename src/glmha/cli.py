@@ -56,7 +56,10 @@ def model_size_table(models: list[str], attentions: list[str], height: int, widt
                     model = create_model(name, attention=attention)
                 except ValueError:
                     continue  # this attention has no implementation for this model's block family
-                stats = profile(model, *model.example_inputs(height, width))
+                try:
+                    stats = profile(model, *model.example_inputs(height, width))
+                except ValueError as err:  # e.g. a size the architecture cannot take
+                    raise CommandError(f"{name} at {height}x{width}: {err}") from None
             rows.append({
                 "model": name, "attention": attention, "params": stats.params, "macs": stats.macs,
                 "channels": model.in_channels,
@@ -219,7 +222,8 @@ def _run_restore(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- train / evaluate
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment config (YAML), e.g. configs/restormer/deraining_csa.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.total_iters=1000 model.dim=16")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.total_iters=1000 model.dim=16 (right after CONFIG, or with all options before CONFIG)")
     parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke (tiny, CPU, built-in data)")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
     parser.add_argument("--output-dir", default=None, help="run folder (default: the config's output_dir)")

@@ -50,10 +50,10 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "tiny": Budget(iterations=10, batch_size=2, patch_size=32, train_images=4, test_images=2, image_size=64, width=8, blocks=(1, 1, 1, 1), latency_repeats=2),
-    "small": Budget(iterations=60, batch_size=4, patch_size=48, train_images=8, test_images=3, image_size=96, width=12, blocks=(1, 1, 1, 2)),
-    "default": Budget(iterations=200, batch_size=4, patch_size=64, train_images=16, test_images=4, image_size=128, width=16, blocks=(1, 1, 2, 2)),
-    "long": Budget(iterations=1500, batch_size=8, patch_size=64, train_images=48, test_images=6, image_size=128, width=16, blocks=(1, 2, 2, 4)),
+    "tiny": Budget(iterations=6, batch_size=2, patch_size=32, train_images=3, test_images=2, image_size=48, width=8, blocks=(1, 1, 1, 1), latency_repeats=1),
+    "small": Budget(iterations=40, batch_size=4, patch_size=32, train_images=8, test_images=2, image_size=64, width=12, blocks=(1, 1, 1, 2)),
+    "default": Budget(iterations=100, batch_size=4, patch_size=48, train_images=12, test_images=3, image_size=96, width=16, blocks=(1, 1, 2, 2)),
+    "long": Budget(iterations=1000, batch_size=8, patch_size=64, train_images=48, test_images=6, image_size=128, width=16, blocks=(1, 2, 2, 4)),
 }
 
 ATTENTIONS = ("csa", "glmha")
@@ -212,6 +212,8 @@ class ModelResult:
     weights: str
     size: tuple[int, int]  # image size MACs and latency refer to
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    predictions: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)  # per test image, on the CPU
+    per_image: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)  # metrics per test image
 
 
 def _config_for(task: DemoTask, attention: str) -> dict:
@@ -235,10 +237,14 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def _latency_ms(run: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``run()`` after one warm-up call."""
+def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each ``run()``, after one warm-up call each.
 
-    def timed() -> float:
+    The runs are timed in turns (a, b, a, b, ...), so a load that comes and goes on a shared
+    machine weighs on every model alike.
+    """
+
+    def timed(run: Callable[[], Any]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -247,8 +253,13 @@ def _latency_ms(run: Callable[[], Any], device: torch.device, repeats: int) -> f
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) * 1000
 
-    timed()
-    return statistics.median(timed() for _ in range(max(repeats, 1)))
+    for run in runs.values():
+        timed(run)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(max(repeats, 1)):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def train_and_evaluate(
@@ -256,11 +267,10 @@ def train_and_evaluate(
     attention: str,
     run_dir: Path,
     device: torch.device,
-    budget: Budget,
     test_batches: list[dict],
     progress: bool = True,
 ) -> ModelResult:
-    """Train ``task``'s model with ``attention`` through the engine, then measure it."""
+    """Train ``task``'s model with ``attention`` through the engine, then measure its quality and size."""
     from .engine.trainer import build_model, train
 
     config = _config_for(task, attention)
@@ -275,29 +285,34 @@ def train_and_evaluate(
     model = model.to(device).eval()
 
     totals: dict[str, float] = {}
+    predictions, per_image = [], []
     with torch.no_grad():
         for batch in test_batches:
             batch = _to(batch, device)
-            pred = engine_task.predict(model, batch)
-            for name, values in engine_task.metrics(pred.float(), batch).items():
-                totals[name] = totals.get(name, 0.0) + float(values.float().mean())
+            pred = engine_task.predict(model, batch).float()
+            scores = {name: float(values.float().mean()) for name, values in engine_task.metrics(pred, batch).items()}
+            for name, value in scores.items():
+                totals[name] = totals.get(name, 0.0) + value
+            predictions.append(pred.cpu())
+            per_image.append(scores)
     metrics = {name: total / len(test_batches) for name, total in totals.items()}
 
     first = _to(test_batches[0], device)
     stats = profile(model, *task.model_inputs(first))
-    latency = _latency_ms(lambda: engine_task.predict(model, first), device, budget.latency_repeats)
     return ModelResult(
         task=task.name,
         attention=attention,
         params=stats.params,
         macs=stats.macs,
         metrics=metrics,
-        latency_ms=latency,
+        latency_ms=float("nan"),  # measured by run_demo, the models of a task in turns
         train_seconds=result.train_seconds,
         iterations=result.iteration,
         weights=str(result.weights),
         size=tuple(first["target"].shape[-2:]),
         model=model,
+        predictions=predictions,
+        per_image=per_image,
     )
 
 
@@ -351,17 +366,25 @@ def run_demo(
         for attention in ATTENTIONS:
             log(f"[{task.name}] training the {attention.upper()} model: {settings.iterations} iterations, seed {seed}")
             by_attention[attention] = train_and_evaluate(
-                task, attention, output_dir / "runs" / task.name / attention, device, settings, test_batches, progress
+                task, attention, output_dir / "runs" / task.name / attention, device, test_batches, progress
             )
+        first = _to(test_batches[0], device)
+        engine_task = task.engine_task()
+        latencies = measure_latencies(
+            {a: (lambda model=r.model: engine_task.predict(model, first)) for a, r in by_attention.items()},
+            device,
+            settings.latency_repeats,
+        )
+        for attention, result in by_attention.items():
+            result.latency_ms = latencies[attention]
         results.extend(by_attention.values())
         section = report.Section(title=task.title, text=_task_text(task, settings, by_attention))
-        models = {a.upper(): r.model for a, r in by_attention.items()}
-        section.figures += report.task_figures(task, models, test_batches, device, figures_dir)
+        section.figures += report.task_figures(task, {a.upper(): r for a, r in by_attention.items()}, test_batches, figures_dir)
 
         log(f"[{task.name}] eigen-analysis of the trained CSA model's attention maps")
         spectra = analyse_attention(
             by_attention["csa"].model,
-            [task.model_inputs(_to(b, device)) for b in test_batches],
+            [task.model_inputs(_to(b, device)) for b in test_batches[:2]],
             figures_dir / f"{task.name}_eigen",
             title=f"{task.name}: attention spectrum of the trained CSA model",
         )
@@ -372,7 +395,9 @@ def run_demo(
 
     table = report.results_table(results, {m: higher for t in all_tasks for m, higher in t.metrics.items()})
     seconds = time.monotonic() - start
-    results_json = [{k: v for k, v in asdict(r).items() if k != "model"} for r in results]
+    results_json = [
+        {k: v for k, v in asdict(r).items() if k not in ("model", "predictions")} for r in results
+    ]
     atomic_write(output_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps({"budget": budget, "seed": seed, "device": str(device), "results": results_json}, indent=2) + "\n"))
     intro = (
         f"CSA and GLMHA versions of the same small models, trained side by side on built-in data "

@@ -51,6 +51,7 @@ class FastModel(nn.Module):
         self.inference = inference
         self.autocast_dtype = autocast_dtype
         self.compiled = compiled
+        self.training = module.training  # the wrapper starts in the model's mode
 
     # The attributes the rest of the package reads off a model.
     @property
@@ -98,11 +99,11 @@ class FastModel(nn.Module):
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(device_type, dtype=self.autocast_dtype))
             out = self._forward(*inputs)
-        if isinstance(out, torch.Tensor):
-            if self.autocast_dtype is not None and inputs and isinstance(inputs[0], torch.Tensor):
-                out = out.to(inputs[0].dtype)  # back to the caller's precision
-            if restore_layout and restore_layout[0] and out.dim() == 4:
-                out = out.contiguous()  # the caller gave a standard layout: return one
+            if isinstance(out, torch.Tensor):
+                if self.autocast_dtype is not None and isinstance(inputs[0], torch.Tensor):
+                    out = out.to(inputs[0].dtype)  # back to the caller's precision
+                if restore_layout and restore_layout[0] and out.dim() == 4:
+                    out = out.contiguous()  # the caller gave a standard layout: return one
         return out
 
 
@@ -130,6 +131,7 @@ def optimize(
     fullgraph: bool = True,
     freeze: bool | None = None,
     compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> FastModel:
     """Return ``model`` behind the fast path (see the module docstring); outputs are unchanged.
 
@@ -148,6 +150,8 @@ def optimize(
             ``inference`` and no ``compile_mode``. A frozen model does not see later changes of its weights: optimize
             again after loading new ones.
         compile_mode: passed to ``torch.compile`` as ``mode`` (e.g. ``"max-autotune"``).
+        compile_backend: ``torch.compile``'s backend; ``"eager"`` only captures the graph
+            (quick: it checks for graph breaks without generating code).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -158,12 +162,15 @@ def optimize(
         model.to(memory_format=torch.channels_last)
     forward: Callable[..., Any] = model
     if compile:
+        inductor = compile_backend == "inductor"
         if freeze is None:
-            freeze = inference and not model.training and compile_mode is None
-        if freeze and compile_mode is not None:
-            raise ValueError("freeze=True cannot be combined with compile_mode (torch.compile takes a mode or options, not both)")
+            freeze = inference and not model.training and compile_mode is None and inductor
+        if freeze and (compile_mode is not None or not inductor):
+            raise ValueError("freeze=True needs the inductor backend and no compile_mode (torch.compile takes a mode or options, not both)")
         options = {"freezing": True} if freeze else None
-        forward = torch.compile(model.forward, fullgraph=fullgraph, mode=compile_mode, options=options)
+        forward = torch.compile(
+            model.forward, fullgraph=fullgraph, mode=compile_mode, options=options, backend=compile_backend
+        )
     elif freeze:
         raise ValueError("freeze=True needs compile=True (freezing is an Inductor compile option)")
     return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile)

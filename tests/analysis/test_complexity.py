@@ -24,14 +24,15 @@ def test_mdta_formulas_match_the_flop_counter(name, bias):
             assert analytic == measured, (dim, heads, opts)
 
 
-@pytest.mark.parametrize("name", ["csa", "glmha"])
+@pytest.mark.parametrize("name", ["csa", "glmha", "linformer", "performer", "reformer"])
 @pytest.mark.parametrize("mask_guided", [False, True])
 def test_smsa_formulas_match_the_flop_counter(name, mask_guided):
+    options = {"reformer": {"bucket_size": 8}, "glmha": {"rank_ratio": 0.25}}.get(name, {})
     for dim, heads, dim_head, height, width in [(31, 1, 31, 7, 9), (56, 2, 28, 8, 4), (112, 4, 28, 4, 4)]:
         for bias in (False, True):
-            kwargs = dict(dim_head=dim_head, mask_guided=mask_guided, bias=bias)
+            kwargs = dict(dim_head=dim_head, mask_guided=mask_guided, bias=bias, **options)
             analytic = attention_cost(name, "smsa", dim, heads, height, width, **kwargs)
-            assert analytic == measure_attention(name, "smsa", dim, heads, height, width, **kwargs)
+            assert analytic == measure_attention(name, "smsa", dim, heads, height, width, **kwargs), (dim, bias)
 
 
 def test_spec_formulas_for_mdta_and_glmha():
@@ -83,3 +84,9 @@ def test_cli_table_compares_with_csa(capsys):
     assert main(["complexity", "--models", "restormer", "--attentions", "csa", "glmha", "--size", "128", "128"]) == 0
     out = capsys.readouterr().out
     assert "| restormer | glmha | 24.698 | 34.21 | 68.41 | -1,429,056 | -4.52 |" in out
+
+
+def test_cli_size_the_model_cannot_take_is_one_line(capsys):
+    assert main(["complexity", "--models", "restormer", "--attentions", "csa", "--size", "100", "100"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "restormer at 100x100" in err and "divisible by 8" in err and "\n" not in err

@@ -137,3 +137,33 @@ def test_cli_train_and_evaluate(uninterrupted, tmp_path, capsys):
 def test_nan_loss_is_reported(tmp_path):
     with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) at iteration \d"):
         train(DERAIN, QUIET + ["optimizer.lr=1.0e+30", "train.grad_clip=null"], variant="smoke", output_dir=tmp_path)
+
+
+def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
+    """SIGKILL a `glmha train` process after its first checkpoints, then restart: it goes on from the newest."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    overrides = QUIET + ["train.stages=null", "train.total_iters=400", "train.batch_size=1", "train.patch_size=32",
+                         "train.checkpoint_every=2", "train.val_every=1000", "scheduler={name: ConstantLR, factor: 1.0}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "glmha.cli", "train", "--smoke", "--output-dir", str(out), str(DERAIN), *overrides],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if pointer.is_file() and json.loads(pointer.read_text())["iteration"] >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = latest_checkpoint(out)
+    done = json.loads(pointer.read_text())["iteration"]
+    assert saved and done >= 4 and done % 2 == 0
+    resumed = train(DERAIN, overrides, variant="smoke", output_dir=out, max_steps=2)
+    assert resumed.iteration == done + 2

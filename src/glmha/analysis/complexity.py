@@ -35,6 +35,18 @@ def _mask_guidance(dim: int, mask_pixels: int) -> LayerCost:
     return LayerCost(params=2 * dim * dim + 25 * dim + 3 * dim, macs=(2 * dim * dim + 25 * dim) * mask_pixels)
 
 
+def _lsh_cost(dim: int, num_heads: int, options: dict) -> int:
+    """Reformer's hashing and chunked attention, in MACs per pixel."""
+    tokens = dim // num_heads
+    chunk = min(options.get("bucket_size", 16), tokens)
+    n_chunks = math.ceil(tokens / chunk)
+    n_buckets = 2 * math.ceil(n_chunks / 2)
+    n_hashes = options.get("n_hashes", 2)
+    hashing = dim * n_hashes * n_buckets // 2
+    attention = n_hashes * num_heads * 4 * chunk * chunk * n_chunks  # q.k and a.v over own + previous chunk
+    return hashing + attention
+
+
 def attention_cost(
     name: str,
     family: str,
@@ -75,15 +87,8 @@ def attention_cost(
             params, macs = 4 * C * C + 27 * C + h, (4 * C * C + 27 * C + 4 * C * m) * N
             params += 7 * C if bias else 0
         elif name == "reformer":
-            tokens = C // h
-            chunk = min(options.get("bucket_size", 16), tokens)
-            n_chunks = math.ceil(tokens / chunk)
-            n_buckets = 2 * math.ceil(n_chunks / 2)
-            n_hashes = options.get("n_hashes", 2)
             params = 3 * C * C + 18 * C + h
-            hashing = C * n_hashes * n_buckets // 2
-            attention = n_hashes * h * 4 * chunk * chunk * n_chunks  # q.k and a.v over own + previous chunk
-            macs = (3 * C * C + 18 * C + hashing + attention) * N
+            macs = (3 * C * C + 18 * C + _lsh_cost(C, h, options)) * N
             params += 5 * C if bias else 0
         else:
             raise ValueError(f"no cost formula for attention {name!r} ({family})")
@@ -104,6 +109,18 @@ def attention_cost(
         if options.get("calibration", True):
             hidden = max(C // options.get("reduction", 8), 4)
             params, macs = params + 2 * C * hidden, macs + 2 * C * hidden
+    elif name in ("linformer", "performer", "reformer"):  # built with inner == dim
+        params = 4 * C * C + 3 * linear_bias + h + C + 18 * C
+        macs = (4 * C * C + 18 * C) * N  # q, k, v and proj; the attention products below
+        if name == "linformer":
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            params += 2 * r * dim_head
+            macs += 4 * r * dim_head * N
+        elif name == "performer":
+            macs += 4 * C * options.get("num_features", 64) * N
+        else:  # shared QK: no to_k
+            params -= C * C + (C if bias else 0)
+            macs += (_lsh_cost(C, h, options) - C * C) * N
     else:
         raise ValueError(f"no cost formula for attention {name!r} ({family})")
     if mask_guided:

@@ -67,11 +67,13 @@ def _as_rgb(image: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- image tasks
-def comparison_figure(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], path: str | Path, suptitle: str | None = None) -> Path:
-    """A grid of images: one row per example, one ``(title, image)`` per column."""
+def comparison_figure(
+    rows: Sequence[Sequence[tuple[str, torch.Tensor]]], path: str | Path, suptitle: str | None = None, panel: float = 2.6
+) -> Path:
+    """A grid of images: one row per example, one ``(title, image)`` per column; ``panel`` inches per image."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows + (0.3 if suptitle else 0)), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel * n_cols, panel * n_rows + (0.3 if suptitle else 0)), dpi=100, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -162,19 +164,18 @@ def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple
 @torch.no_grad()
 def task_figures(
     task: "DemoTask",
-    models: Mapping[str, torch.nn.Module],
+    results: Mapping[str, "ModelResult"],
     test_batches: Sequence[dict],
-    device: torch.device,
     figures_dir: Path,
     examples: int = 2,
 ) -> list[Figure]:
-    """The figures of one demo task: images side by side; bands and spectral curves for cubes."""
+    """The figures of one demo task from the models' test predictions: images side by side;
+    for cubes, the input, five bands and the spectra of three pixels."""
     engine_task = task.engine_task()
     shown = []
-    for batch in test_batches[:examples]:
-        on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        predictions = {name: engine_task.predict(model, on_device).float().cpu() for name, model in models.items()}
-        scores = {name: engine_task.metrics(pred.to(device), on_device) for name, pred in predictions.items()}
+    for i, batch in enumerate(test_batches[:examples]):
+        predictions = {name: r.predictions[i] for name, r in results.items()}
+        scores = {name: r.per_image[i] for name, r in results.items()}
         shown.append((batch, predictions, scores))
 
     primary = next(iter(task.metrics))
@@ -185,7 +186,7 @@ def task_figures(
             inp = task.shown_input(batch)
             input_score = float(engine_task.metrics(batch["input"], batch)[primary].mean())
             row = [(f"input {primary.upper()} {input_score:.2f}", inp)]
-            row += [(f"{name} {primary.upper()} {float(scores[name][primary].mean()):.2f}", pred) for name, pred in predictions.items()]
+            row += [(f"{name} {primary.upper()} {scores[name][primary]:.2f}", pred) for name, pred in predictions.items()]
             row.append(("ground truth", batch["target"]))
             rows.append(row)
         path = comparison_figure(rows, figures_dir / f"{task.name}_comparison.png")
@@ -195,11 +196,11 @@ def task_figures(
     wavelengths = list(task.wavelengths) or list(range(shown[0][0]["target"].shape[1]))
     batch, predictions, scores = shown[0]
     what = "RGB image" if "input" in batch else "CASSI measurement (coded, dispersed and summed bands)"
-    comparison = comparison_figure([[(what, task.shown_input(batch))]], figures_dir / f"{task.name}_input.png")
+    comparison = comparison_figure([[(what, task.shown_input(batch))]], figures_dir / f"{task.name}_input.png", panel=4.0)
     figures.append(Figure(comparison, f"{task.title}: the {what} the networks reconstruct the cube below from."))
     cubes = {"ground truth": batch["target"], **predictions}
     cubes = {name: cubes[name] for name in ("ground truth", *predictions)}
-    scores_text = ", ".join(f"{name} {primary.upper()} {float(s[primary].mean()):.4f}" for name, s in scores.items())
+    scores_text = ", ".join(f"{name} {primary.upper()} {s[primary]:.4f}" for name, s in scores.items())
     bands = spectral_bands_figure(cubes, wavelengths, figures_dir / f"{task.name}_bands.png")
     figures.append(Figure(bands, f"{task.title}: five bands of the ground truth and of both reconstructions, same grey scale ({scores_text})."))
     curves = spectral_curves_figure(cubes, wavelengths, pick_pixels(batch["target"]), figures_dir / f"{task.name}_spectra.png")

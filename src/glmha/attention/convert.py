@@ -34,6 +34,7 @@ def _block_arguments(module: nn.Module, family: str) -> dict:
         "num_heads": module.num_heads,
         "dim_head": module.dim_head,
         "mask_guided": module.mask_guided,
+        "bias": module.to_q.bias is not None,
     }
 
 

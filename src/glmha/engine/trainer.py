@@ -100,6 +100,7 @@ class TrainResult:
     iteration: int  # iterations done so far (== total_iters when finished)
     finished: bool
     weights: Path  # newest weights (safetensors)
+    # Validation runs on rank 0 only: under torchrun the other ranks return empty metrics.
     metrics: dict[str, float] = field(default_factory=dict)  # last validation
     best: dict[str, float] = field(default_factory=dict)  # best validation (by the task's primary metric)
     history: list[dict] = field(default_factory=list)  # every validation, with its iteration

@@ -1,0 +1,58 @@
+"""A tiny run of benchmarks/bench.py: every section runs and reports sane numbers."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("glmha_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_tiny_run_of_every_section(bench, tmp_path):
+    tiny = '{"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}'
+    argv = [
+        "--channels", "8", "--sides", "8", "--train", "layers",
+        "--models", "restormer@3x16x16", "--model-kwargs", f"restormer={tiny}", "--no-compile",
+        "--tile-image", "3x40x48", "--tile", "16", "--overlap", "4",
+        "--warmup", "0", "--repeats", "1",
+        "--output", str(tmp_path / "report.md"), "--json", str(tmp_path / "report.json"),
+    ]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    layer = report["layers"][0]["results"]
+    model = report["models"][0]["results"]
+    for name in report["attentions"]:
+        assert layer[name]["forward_s"] > 0 and layer[name]["train_s"] > 0 and layer[name]["macs"] > 0
+        assert model[name]["forward_plain_s"] > 0 and model[name]["forward_fast_s"] > 0
+        assert model[name]["fast_max_abs_diff"] < 1e-5
+    assert report["tiling"]["tiles"] == 3 * 4
+    text = (tmp_path / "report.md").read_text()
+    assert "### Attention layer" in text and "### Models" in text and "### Tiled restoration" in text
+
+
+def test_shape_and_spec_errors(bench):
+    assert bench.parse_model_spec("mst_l@28x256x256") == ("mst_l", (28, 256, 256))
+    with pytest.raises(ValueError, match="NAME@CxHxW"):
+        bench.parse_model_spec("restormer")
+    with pytest.raises(ValueError, match="CxHxW"):
+        bench.parse_shape("256x256")
+
+
+def test_cpu_peak_memory_sees_a_known_allocation(bench):
+    if not bench.cpu_peak_supported():
+        pytest.skip("needs /proc/self/clear_refs (Linux)")
+    size = 64 * 2**20  # above glibc's largest mmap threshold: returned to the system when freed
+    peak = bench.peak_memory(lambda: torch.ones(size // 4).sum(), torch.device("cpu"))
+    assert 0.9 * size <= peak <= 1.5 * size
