@@ -374,7 +374,10 @@ def fmt_s(seconds: float | None) -> str:
 
 
 def fmt_bytes(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.0f} MiB"
+    if n is None:
+        return "-"
+    mib = n / 2**20
+    return f"{mib:.1f} MiB" if abs(mib) < 10 else f"{mib:.0f} MiB"
 
 
 def ratio(a: float | None, b: float | None) -> str:

@@ -109,3 +109,13 @@ def test_restore_help_has_examples(capsys):
     with pytest.raises(SystemExit) as info:
         main(["restore", "--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_read_image_keeps_16_bit_range_and_converts_channels(tmp_path):
+    values = (np.arange(8 * 8).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    rgb = glmha.images.read_image(tmp_path / "deep.png")
+    assert rgb.shape == (1, 3, 8, 8) and torch.allclose(rgb[0, 1], torch.from_numpy(values / 65535.0).float())
+    Image.fromarray(np.full((4, 5, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    grey = glmha.images.read_image(tmp_path / "white.png", channels=1)
+    assert grey.shape == (1, 1, 4, 5) and torch.allclose(grey, torch.ones(()))

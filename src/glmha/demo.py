@@ -413,9 +413,10 @@ def _task_text(task: DemoTask, budget: Budget, results: dict[str, ModelResult]) 
     model = task.config["model"]
     args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
     train_s = ", ".join(f"{a.upper()} {r.train_seconds:.0f} s" for a, r in results.items())
+    optimizer, loss = task.config["optimizer"], task.config["train"]["loss"]
     return (
         f"Model `{model['name']}` ({args}); {budget.iterations} iterations of batch {budget.batch_size}, "
-        f"{budget.patch_size}x{budget.patch_size} crops, AdamW lr {budget.lr:g} with cosine decay; "
+        f"{budget.patch_size}x{budget.patch_size} crops, {loss.upper()} loss, {optimizer['name']} lr {optimizer['lr']:g} with cosine decay; "
         f"{budget.train_images} training and {budget.test_images} test images of {budget.image_size}x{budget.image_size}. "
         f"Training time: {train_s}."
     )

@@ -52,12 +52,12 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
         with Image.open(path) as image:
             image.load()
             array = np.asarray(image)
-            mode = image.mode
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(f"cannot read image {path}: {err}") from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    scale = 65535.0 if array.dtype == np.uint16 or mode.startswith("I;16") else (1.0 if array.dtype.kind == "f" else 255.0)
+    # 16-bit files arrive as uint16 ("I;16") or as 32-bit integers (mode "I")
+    scale = 1.0 if array.dtype.kind == "f" else (65535.0 if array.dtype.itemsize > 1 else 255.0)
     array = array.astype(np.float32) / scale
     if array.ndim == 2:
         array = array[..., None]

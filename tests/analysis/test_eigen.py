@@ -68,7 +68,20 @@ def test_spectrum_of_known_maps():
 
 def test_levels():
     assert level_of("encoder_level1.3.attn") == "encoder_level1"
-    assert level_of("body.0.encoder_layers.1.0.blocks.1.0") == "body.0.encoder_layers.1.0.blocks"
+    assert level_of("body.0.encoder_layers.1.0.blocks.1.0") == "body.0.encoder_layers.1"
+    assert level_of("bottleneck.blocks.0.0") == "bottleneck"
+    assert level_of("attn") == "attn"
+
+
+@pytest.mark.parametrize("attention, kv_tokens", [("csa", 31), ("glmha", 16)])
+def test_spectral_msa_maps_of_mst_plus_plus(attention, kv_tokens):
+    model = glmha.create_model("mst_plus_plus", stage=1, attention=attention).eval()
+    maps = capture_attention_maps(model, torch.rand(1, 3, 16, 16))
+    assert maps["body.0.bottleneck.blocks.0.0"].shape == (1, 4, 31, kv_tokens)  # S-MSA: heads of 31 channels
+    spectra = attention_spectra(model, [torch.rand(1, 3, 16, 16)])
+    assert [s.level for s in spectra] == [
+        "body.0.encoder_layers.0", "body.0.encoder_layers.1", "body.0.bottleneck", "body.0.decoder_layers.0", "body.0.decoder_layers.1"
+    ]
 
 
 def _train_a_few_steps(model, steps=8):

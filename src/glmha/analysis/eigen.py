@@ -141,14 +141,22 @@ def rank_for_share(cumulative: Sequence[float] | np.ndarray, share: float) -> in
 def level_of(layer_name: str) -> str:
     """The stage a layer belongs to: its name up to the index of its block in that stage.
 
-    ``"encoder_level1.3.attn"`` -> ``"encoder_level1"``; for nested containers the last
-    ``<container>.<index>`` pair is the block, e.g. ``"body.0.blocks.1.0"`` -> ``"body.0.blocks"``.
+    ``"encoder_level1.3.attn"`` -> ``"encoder_level1"`` (Restormer). In MST / MST++ the last
+    ``<container>.<index>`` pair is the block, and a ``blocks`` list inside a level's module
+    list names that level: ``"body.0.encoder_layers.1.0.blocks.0.0"`` -> ``"body.0.encoder_layers.1"``.
     """
     parts = layer_name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         if parts[i].isdigit() and not parts[i - 1].isdigit():
-            return ".".join(parts[:i])
-    return ".".join(parts[:-1]) or layer_name
+            level = parts[:i]
+            break
+    else:
+        level = parts[:-1] or parts
+    if len(level) > 1 and level[-1] == "blocks":
+        level = level[:-1]
+        if len(level) > 1 and level[-1].isdigit():
+            level = level[:-1]
+    return ".".join(level)
 
 
 @dataclass
