@@ -338,8 +338,9 @@ def bench_tiling(args, settings: Settings) -> dict:
     image_peak = peak_memory(whole_image, settings.device)
     seconds = time.perf_counter() - start
     out_channels = getattr(model, "out_channels", channels)
-    # restore() holds the output and a one-channel weight sum at full size.
-    buffers = (out_channels + 1) * height * width * image.element_size()
+    # restore() holds, at full size, the weighted output sum and a one-channel weight sum, and
+    # at the end divides them into a new output tensor: 2 x out_channels + 1 image planes.
+    buffers = (2 * out_channels + 1) * height * width * image.element_size()
     stride = args.tile - args.overlap
     n_tiles = _count_tiles(height, args.tile, stride) * _count_tiles(width, args.tile, stride)
     result = {
@@ -483,7 +484,7 @@ def markdown(report: dict) -> str:
                   f"{t['model']} ({t['params'] / 1e6:.2f} M params, kwargs {json.dumps(t['model_kwargs'])}), image {t['image']}, "
                   f"tile {t['tile']}, overlap {t['overlap']}, {t['tiles']} tiles: {fmt_s(t['seconds'])}; "
                   f"peak {fmt_bytes(t['image_peak'])}, bound (one tile's peak {fmt_bytes(t['tile_peak'])} + "
-                  f"output and weight buffers {fmt_bytes(t['buffers'])}) {fmt_bytes(t['bound'])}: "
+                  f"image-sized buffers {fmt_bytes(t['buffers'])}) {fmt_bytes(t['bound'])}: "
                   f"{'within' if t['bound'] is not None and t['image_peak'] <= t['bound'] else 'NOT within'} the bound.", ""]
     return "\n".join(lines)
 

@@ -54,3 +54,10 @@ def test_demo_rejects_unknown_task(tmp_path, capsys):
     assert main(["demo", "--budget", "tiny", "--tasks", "colourisation", "--output", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("glmha demo: error: unknown demo task 'colourisation'") and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["demo", "rank"])
+def test_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and "examples:" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from .attention import list_attentions
 from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
 from .checkpoint import CheckpointError, load_checkpoint
 from .images import builtin_photographs, find_images, read_image, restore_files
-from .reconstruction import CUBE_FORMATS, MEASUREMENT_SUFFIXES, reconstruct_cassi_files, reconstruct_rgb_files
+from .reconstruction import CUBE_FORMATS, MEASUREMENT_SUFFIXES, builtin_cassi_inputs, reconstruct_cassi_files, reconstruct_rgb_files
 from .validation import InputError
 
 
@@ -171,7 +171,7 @@ def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------- rank
 def _add_rank(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="*", help="images (files, folders or globs) to analyse; default: built-in photographs")
+    parser.add_argument("images", nargs="*", help="images (files, folders or globs) to analyse; default: built-in photographs (CASSI models: built-in scenes)")
     _add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=128, help="side of the built-in photographs (default: 128)")
     parser.add_argument("--num-images", type=int, default=4, help="how many built-in photographs (default: 4, at most 6)")
@@ -186,7 +186,13 @@ def _run_rank(args: argparse.Namespace) -> None:
         raise CommandError(f"--share must be in (0, 1], got {args.share}")
     model = _model_from_args(args)
     channels = int(getattr(model, "in_channels", 3))
-    if args.images:
+    if getattr(model, "mask_guided", False):  # CASSI: measurements of built-in scenes
+        if args.images:
+            raise CommandError(f"{args.model} reconstructs CASSI snapshots; glmha rank analyses it on built-in scenes, give no images")
+        if channels != 28:
+            raise CommandError(f"the built-in CASSI scenes have 28 bands, {args.model} takes {channels}")
+        images = builtin_cassi_inputs(args.num_images, args.size)
+    elif args.images:
         images = (read_image(path, channels) for path in find_images(args.images))
     else:
         images = builtin_photographs(args.num_images, args.size, channels)
@@ -280,7 +286,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     from .demo import BUDGETS
 
     parser.add_argument("--output", default="glmha-demo", help="report folder (default: glmha-demo)")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: about 10 minutes on 2 CPU cores; tiny: under 2)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: sized for about 10 minutes on 2 CPU cores; tiny: for tests)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both models (default: 0)")
     parser.add_argument("--tasks", nargs="+", default=None, help="run only these built-in tasks (default: all)")

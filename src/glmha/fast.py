@@ -88,9 +88,9 @@ class FastModel(nn.Module):
     def forward(self, *inputs: Any) -> Any:
         if self.compiled:
             self._check_inputs(inputs)
-        restore_layout = []
+        # A caller who passes a standard (contiguous) image gets a standard one back.
+        return_contiguous = self.channels_last and bool(inputs) and _is_plain_image(inputs[0])
         if self.channels_last:
-            restore_layout = [_is_plain_image(x) for x in inputs[:1]]
             inputs = tuple(_to_channels_last(x) for x in inputs)
         device_type = _device_type(self.module)
         with contextlib.ExitStack() as stack:
@@ -102,8 +102,8 @@ class FastModel(nn.Module):
             if isinstance(out, torch.Tensor):
                 if self.autocast_dtype is not None and isinstance(inputs[0], torch.Tensor):
                     out = out.to(inputs[0].dtype)  # back to the caller's precision
-                if restore_layout and restore_layout[0] and out.dim() == 4:
-                    out = out.contiguous()  # the caller gave a standard layout: return one
+                if return_contiguous and out.dim() == 4:
+                    out = out.contiguous()
         return out
 
 

@@ -159,3 +159,14 @@ def reconstruct_cassi_files(
         cube = model(x, phi)
         written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
     return written, failed
+
+
+def builtin_cassi_inputs(count: int = 4, size: int = 64, seed: int = 0, step: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """MST inputs ``(H, Phi)`` of built-in 28-band scenes seen through a seeded random coded aperture."""
+    from .data.cassi import mask_3d, mask_input, measurement_input, random_mask
+    from .data.synthetic_hsi import SyntheticHSI
+
+    scenes = SyntheticHSI(count=count, size=size, task="cassi", seed=seed)
+    mask3d = mask_3d(random_mask(size, size, seed=seed), len(scenes.wavelengths))
+    phi = mask_input(mask3d, "Phi", step)
+    return [(measurement_input(scenes[i][None], mask3d, "H", step), phi) for i in range(count)]

@@ -1,7 +1,6 @@
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -142,3 +141,15 @@ def test_rank_command_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("glmha rank: error: no such file") and "\n" not in err
     assert main(["rank", "--model-kwargs", "{dim: 8}"]) == 1
     assert "--model-kwargs is not valid JSON" in capsys.readouterr().err
+
+
+def test_rank_command_on_a_cassi_model_uses_built_in_scenes(tmp_path, capsys):
+    kwargs = {"stage": 1, "num_blocks": [1, 1]}
+    out = tmp_path / "rank"
+    assert main(["rank", "--model", "mst_s", "--model-kwargs", json.dumps(kwargs), "--num-images", "1", "--size", "32",
+                 "--output", str(out)]) == 0
+    ranks = json.loads((out / "ranks.json").read_text())["ranks"]
+    assert set(ranks) == {"encoder_layers.0.0.blocks.0.0", "bottleneck.blocks.0.0", "decoder_layers.0.2.blocks.0.0"}
+    model = apply_ranks(glmha.create_model("mst_s", **kwargs), ranks)
+    assert {name: layer.rank for name, layer in attention_modules(model).items()} == ranks
+    assert model(*model.example_inputs(16, 16)).shape == (1, 28, 16, 16)

@@ -6,6 +6,7 @@ import torch
 import glmha
 from glmha.attention import GLMHA, MDTA, SpectralGLMHA, SpectralMSA
 from glmha.attention.baselines import PerformerCSA
+from glmha.attention.convert import select_tokens
 
 TINY_RESTORMER = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 4, 8])
 
@@ -57,41 +58,108 @@ def test_swap_errors_are_clear():
         glmha.swap_attention(torch.nn.Conv2d(3, 3, 1), "glmha")
 
 
+def _randomise_(module):
+    """Random weights, biases and temperatures, so that no copy can pass by chance."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.5)
+    return module
+
+
+@pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
-def test_svd_init_is_the_truncated_svd_of_the_key_value_projection(bias):
-    csa = MDTA(16, 2, bias=bias)
-    model = torch.nn.Sequential(csa)
-    reference = copy.deepcopy(csa)
-    glmha.swap_attention(model, "glmha", init="svd", rank_ratio=0.5)
+def test_svd_init_at_full_rank_reproduces_the_mdta_layer(bias, heads):
+    torch.manual_seed(0)
+    csa = _randomise_(MDTA(16, heads, bias=bias))
+    model = torch.nn.Sequential(copy.deepcopy(csa))
+    glmha.swap_attention(model, "glmha", init="svd", rank_ratio=1.0)  # calibration on
     new = model[0]
-    dim, tokens, kept = 16, 8, 4
-    w_q, w_k, w_v = reference.qkv.weight.flatten(1).split(dim)
-    torch.testing.assert_close(new.q.weight.flatten(1), w_q)
-    torch.testing.assert_close(new.project_out.weight, reference.project_out.weight)
-    torch.testing.assert_close(new.temperature, reference.temperature)
+    assert isinstance(new, GLMHA) and new.rank == 16 and new.calibration is not None
     assert (new.calibration.fc2.weight == 0).all()  # neutral gate g = 1/2 ...
-    new_k, new_v = (new.kv.weight.flatten(1) / 2).split(new.rank)  # ... compensated by doubled weights
-    for head in range(2):
-        old_rows = torch.cat([w_k, w_v], dim=1)[head * tokens : (head + 1) * tokens]
-        new_rows = torch.cat([new_k, new_v], dim=1)[head * kept : (head + 1) * kept]
-        singular = torch.linalg.svdvals(old_rows)
-        # rows of the new projection: orthogonal, with the top singular values as norms
-        torch.testing.assert_close(new_rows @ new_rows.T, torch.diag(singular[:kept] ** 2), rtol=1e-4, atol=1e-5)
-    x = torch.randn(1, 16, 6, 10)
-    assert new(x).shape == x.shape
+    torch.testing.assert_close(new.kv.weight.flatten(1), 2 * csa.qkv.weight[16:].flatten(1))  # ... weights doubled
+    if bias:
+        torch.testing.assert_close(new.kv.bias, csa.qkv.bias[16:])  # the gate does not scale biases
+    x = torch.randn(2, 16, 6, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), csa(x), rtol=0, atol=1e-5)
 
 
-def test_svd_init_at_full_rank_keeps_the_key_value_row_space():
-    csa = SpectralMSA(12, 2, 6)
-    model = torch.nn.Sequential(csa)
-    reference = copy.deepcopy(csa)
-    glmha.swap_attention(model, "glmha", init="svd", rank=12, calibration=False)
+@pytest.mark.parametrize("bias", [False, True])
+def test_svd_init_at_full_rank_reproduces_the_smsa_attention(bias):
+    torch.manual_seed(0)
+    csa = _randomise_(SpectralMSA(12, 2, 6, bias=bias))
+    with torch.no_grad():  # the positional branches read different projections by design
+        csa.pos_emb[0].weight.zero_()
+    model = torch.nn.Sequential(copy.deepcopy(csa))
+    glmha.swap_attention(model, "glmha", init="svd", rank=12)
     new = model[0]
-    torch.testing.assert_close(new.to_q.weight, reference.to_k.weight)  # official K Q^T order
-    torch.testing.assert_close(new.pos_emb[0].weight, reference.pos_emb[0].weight)
-    old = torch.cat([reference.to_q.weight, reference.to_v.weight], dim=1)
-    mixed = torch.cat([new.to_k.weight, new.to_v.weight], dim=1)
-    torch.testing.assert_close(mixed.T @ mixed, old.T @ old, rtol=1e-4, atol=1e-5)  # an orthogonal mix of tokens
+    torch.testing.assert_close(new.to_q.weight, csa.to_k.weight)  # official K Q^T order
+    x = torch.randn(2, 5, 7, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), csa(x), rtol=0, atol=1e-5)
+
+
+def _leverage_by_eigh(rows, kept):
+    """Independent check: leverage scores are the diagonal of the projector onto the top eigenvectors of A A^T."""
+    _, vectors = torch.linalg.eigh(rows.double() @ rows.double().T)  # ascending eigenvalues
+    top = vectors[:, -kept:]
+    return (top @ top.T).diagonal()
+
+
+def test_svd_init_below_full_rank_keeps_the_top_leverage_tokens():
+    torch.manual_seed(0)
+    # Hand-built: per head 8 tokens, 4 of them non-zero; keeping 4 per head keeps exactly those.
+    w_k, w_v = torch.zeros(16, 16), torch.zeros(16, 16)
+    for token in (1, 3, 6, 7, 8, 10, 13, 15):
+        w_k[token], w_v[token] = torch.randn(16), torch.randn(16)
+    assert select_tokens(w_k, w_v, 2, 8).tolist() == [1, 3, 6, 7, 8, 10, 13, 15]
+    # Duplicated tokens tie: the lower index wins.
+    w_k, w_v = torch.zeros(4, 6), torch.zeros(4, 6)
+    w_k[1] = w_k[2] = torch.tensor([3.0, 1, 0, 0, 0, 0])
+    w_k[3] = torch.tensor([0.0, 0, 1, 0, 0, 0])
+    assert select_tokens(w_k, w_v, 1, 1).tolist() == [1]
+
+    # Random layer: the converted module holds exactly the rows, kernels and biases of the
+    # tokens with the top leverage scores, computed independently.
+    csa = _randomise_(MDTA(16, 2, bias=True))
+    with torch.no_grad():
+        csa.qkv.weight[16:24] *= torch.linspace(0.1, 3, 8)[:, None, None, None]  # uneven token sizes
+    model = torch.nn.Sequential(copy.deepcopy(csa))
+    glmha.swap_attention(model, "glmha", init="svd", rank=6, calibration=False)
+    new = model[0]
+    w_k, w_v = csa.qkv.weight[16:32].flatten(1), csa.qkv.weight[32:].flatten(1)
+    expected = []
+    for head in range(2):
+        scores = _leverage_by_eigh(torch.cat([w_k, w_v], dim=1)[head * 8 : (head + 1) * 8], 3)
+        expected += sorted((head * 8 + scores.topk(3).indices).tolist())
+    assert select_tokens(w_k, w_v, 2, 6).tolist() == expected
+    kept = torch.tensor(expected)
+    torch.testing.assert_close(new.kv.weight, torch.cat([csa.qkv.weight[16 + kept], csa.qkv.weight[32 + kept]]))
+    torch.testing.assert_close(
+        new.kv_dwconv.weight, torch.cat([csa.qkv_dwconv.weight[16 + kept], csa.qkv_dwconv.weight[32 + kept]])
+    )
+    torch.testing.assert_close(new.kv.bias, torch.cat([csa.qkv.bias[16 + kept], csa.qkv.bias[32 + kept]]))
+    torch.testing.assert_close(
+        new.kv_dwconv.bias, torch.cat([csa.qkv_dwconv.bias[16 + kept], csa.qkv_dwconv.bias[32 + kept]])
+    )
+    torch.testing.assert_close(new.q.weight, csa.qkv.weight[:16])
+    torch.testing.assert_close(new.q_dwconv.bias, csa.qkv_dwconv.bias[:16])
+
+
+def test_svd_init_at_full_rank_reproduces_a_whole_restormer():
+    torch.manual_seed(0)
+    base = glmha.create_model("restormer", **TINY_RESTORMER).eval()
+    for module in _attention_modules(base, MDTA):
+        _randomise_(module)
+    model = glmha.swap_attention(copy.deepcopy(base), "glmha", init="svd", rank_ratio=1.0)
+    assert all(m.rank == m.dim and m.calibration is not None for m in _attention_modules(model, GLMHA))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        reference = base(x)
+        torch.testing.assert_close(model(x), reference, rtol=0, atol=1e-5)
+        # below full rank the output moves: the test above can fail
+        half = glmha.swap_attention(copy.deepcopy(base), "glmha", init="svd", rank_ratio=0.5)
+        assert (half(x) - reference).abs().max() > 1e-3
 
 
 def test_converted_model_trains_and_round_trips(tmp_path):

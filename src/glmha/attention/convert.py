@@ -1,8 +1,9 @@
 """Swap the attention of a built model: CSA -> GLMHA (or a baseline), with an SVD warm start.
 
-A trained CSA model becomes a GLMHA model whose key/value projections start from a
-truncated SVD of the CSA ones (docs/GLMHA.md, section 5), so it can be fine-tuned instead
-of trained from scratch. Details of the warm start: docs/attention.md.
+A trained CSA model becomes a GLMHA model whose key/value tokens are the CSA tokens that a
+truncated SVD of the CSA key/value projections ranks highest (docs/GLMHA.md, section 5), so
+it can be fine-tuned instead of trained from scratch; at full rank the converted Restormer
+computes what the CSA one does. Details of the warm start: docs/attention.md.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def swap_attention(model: nn.Module, attention: str, init: str = "random", **att
     mask-guided mechanism belongs to the block rather than to the attention and is carried
     over. ``init="random"`` gives the new attentions their own initialisation;
     ``init="svd"`` (CSA -> GLMHA only) starts them from the CSA weights: queries, output
-    projection, temperatures and positional branch copied, keys and values from a truncated
-    SVD of the CSA key/value projections (see :func:`svd_init_`). ``attention_kwargs`` are the
-    new attention's options (e.g. ``rank_ratio=0.25``).
+    projection, temperatures and positional branch copied, keys and values the CSA tokens
+    that a truncated SVD of the CSA key/value projections selects (see :func:`svd_init_`).
+    ``attention_kwargs`` are the new attention's options (e.g. ``rank_ratio=0.25``).
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -82,50 +83,52 @@ def swap_attention(model: nn.Module, attention: str, init: str = "random", **att
 def svd_init_(new: nn.Module, old: nn.Module) -> None:
     """Initialise the GLMHA module ``new`` from the CSA module ``old`` in place.
 
-    Per head, the CSA keys and values are c tokens (rows of ``W_k`` and ``W_v``); GLMHA's
-    ``r/h`` tokens are their top singular directions: with ``[W_k W_v] = U S V^T``, the new
-    projections are ``U_r^T W_k`` and ``U_r^T W_v`` (the same mix of key and value tokens,
-    so key l still goes with value l). The depth-wise kernel of a mixed channel is the
-    average of the CSA kernels weighted by the squared mixing coefficients. The calibration
-    starts neutral (last layer zero: ``g = 1/2`` for every channel, compensated by doubling
-    the key/value weights), so at full rank only the token mixing differs from CSA.
+    Per head, the CSA keys and values are c tokens (rows of ``[W_k W_v]``, key i goes with
+    value i); GLMHA keeps ``r/h`` of them, chosen by the truncated SVD of that matrix
+    (:func:`select_tokens`): their rows, biases and depth-wise kernels are copied, so key l
+    still goes with value l. Tokens are selected rather than mixed because softmax attention
+    is not invariant to a rotation of the keys and values: a selection is the identity at full
+    rank. The calibration starts neutral (last layer zero: ``g = 1/2`` for every channel,
+    compensated by doubling the key/value weights, not the biases, which the gate does not
+    scale). So at ``rank == dim`` the converted MDTA layer computes what the CSA layer does;
+    S-MSA only in its attention part, as GLMHA's positional branch reads the query
+    projection (CSA's reads the values) and MST's mask weights the input of the value
+    projection rather than its output.
     """
     if isinstance(old, MDTA) and isinstance(new, GLMHA):
         dim = old.dim
-        w_q, w_k, w_v = old.qkv.weight.flatten(1).split(dim)
+        w_q, w_k, w_v = old.qkv.weight.split(dim)
         d_q, d_k, d_v = old.qkv_dwconv.weight.split(dim)
-        new.q.weight.copy_(w_q.reshape_as(new.q.weight))
+        new.q.weight.copy_(w_q)
         new.q_dwconv.weight.copy_(d_q)
+        kept = select_tokens(w_k.flatten(1), w_v.flatten(1), old.num_heads, new.rank)
+        new.kv.weight.copy_(torch.cat([w_k[kept], w_v[kept]]))
+        new.kv_dwconv.weight.copy_(torch.cat([d_k[kept], d_v[kept]]))
         if old.bias:
             b_q, b_k, b_v = old.qkv.bias.split(dim)
+            dw_q, dw_k, dw_v = old.qkv_dwconv.bias.split(dim)
             new.q.bias.copy_(b_q)
-            new.q_dwconv.bias.copy_(old.qkv_dwconv.bias[:dim])
+            new.q_dwconv.bias.copy_(dw_q)
+            new.kv.bias.copy_(torch.cat([b_k[kept], b_v[kept]]))
+            new.kv_dwconv.bias.copy_(torch.cat([dw_k[kept], dw_v[kept]]))
             new.project_out.bias.copy_(old.project_out.bias)
-        mixing = _token_mixing(w_k, w_v, old.num_heads, new.rank)  # dim x rank, block-diagonal
-        new.kv.weight.copy_(torch.cat([mixing.T @ w_k, mixing.T @ w_v]).reshape_as(new.kv.weight))
-        weights = mixing.square().T  # rank x dim: squared coefficients, rows sum to 1
-        kv_kernel = torch.cat([torch.einsum("rc,c...->r...", weights, d) for d in (d_k, d_v)])
-        new.kv_dwconv.weight.copy_(kv_kernel)
-        if old.bias:
-            new.kv.bias.copy_(torch.cat([mixing.T @ b_k, mixing.T @ b_v]))
-            dw_k, dw_v = old.qkv_dwconv.bias[dim:].split(dim)
-            new.kv_dwconv.bias.copy_(torch.cat([mixing.T @ dw_k, mixing.T @ dw_v]))
         new.temperature.copy_(old.temperature)
         new.project_out.weight.copy_(old.project_out.weight)
-        kv_layer = new.kv
+        gated_weights = [new.kv.weight]
     elif isinstance(old, SpectralMSA) and isinstance(new, SpectralGLMHA):
-        # The official S-MSA computes softmax(K Q^T) V: its to_k plays the query (row) role.
+        # The official S-MSA computes softmax(K Q^T) V: its to_k plays the query (row) role
+        # and its to_q the key role.
         new.to_q.load_state_dict(old.to_k.state_dict())
-        mixing = _token_mixing(old.to_q.weight, old.to_v.weight, old.num_heads, new.rank)
-        new.to_k.weight.copy_(mixing.T @ old.to_q.weight)
-        new.to_v.weight.copy_(mixing.T @ old.to_v.weight)
+        kept = select_tokens(old.to_q.weight, old.to_v.weight, old.num_heads, new.rank)
+        new.to_k.weight.copy_(old.to_q.weight[kept])
+        new.to_v.weight.copy_(old.to_v.weight[kept])
         if old.to_q.bias is not None and new.to_k.bias is not None:
-            new.to_k.bias.copy_(mixing.T @ old.to_q.bias)
-            new.to_v.bias.copy_(mixing.T @ old.to_v.bias)
+            new.to_k.bias.copy_(old.to_q.bias[kept])
+            new.to_v.bias.copy_(old.to_v.bias[kept])
         new.rescale.copy_(old.rescale)
         new.proj.load_state_dict(old.proj.state_dict())
         new.pos_emb.load_state_dict(old.pos_emb.state_dict())
-        kv_layer = None
+        gated_weights = [new.to_k.weight, new.to_v.weight]
     else:
         raise ValueError(
             f"init='svd' converts CSA to GLMHA; cannot initialise {type(new).__name__} from {type(old).__name__}"
@@ -133,23 +136,33 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
 
     if new.calibration is not None:
         new.calibration.fc2.weight.zero_()  # g = sigmoid(0) = 1/2 for every channel
-        if kv_layer is not None:
-            kv_layer.weight.mul_(2)
-        else:
-            new.to_k.weight.mul_(2)
-            new.to_v.weight.mul_(2)
+        for weight in gated_weights:  # the gate scales the weights only, not the biases
+            weight.mul_(2)
 
 
-def _token_mixing(w_k: torch.Tensor, w_v: torch.Tensor, num_heads: int, rank: int) -> torch.Tensor:
-    """``dim x rank`` block-diagonal matrix: per head, the top left singular vectors of ``[W_k W_v]``."""
+def select_tokens(w_k: torch.Tensor, w_v: torch.Tensor, num_heads: int, rank: int) -> torch.Tensor:
+    """Indices of the ``rank`` key/value tokens to keep, ``rank / num_heads`` per head.
+
+    ``w_k``, ``w_v``: ``dim x C`` projections (row i is token i; head j owns rows
+    ``j*c .. (j+1)*c - 1``). Per head, with ``[W_k W_v] = U S V^T`` the leverage score of
+    token i is ``|U_r[i, :]|^2`` for the top ``r = rank / num_heads`` left singular vectors:
+    how much of the best rank-r approximation lives in that token (column-subset selection
+    by leverage scores). The ``r`` highest-scoring tokens are kept in their original order;
+    scores equal to 12 decimals go to the lower index. Returns a sorted ``rank`` long tensor
+    (the identity ``0 .. dim-1`` at full rank).
+    """
     dim = w_k.shape[0]
+    if dim % num_heads or rank % num_heads or not 0 < rank <= dim:
+        raise ValueError(
+            f"need num_heads ({num_heads}) to divide dim ({dim}) and rank ({rank}), with 0 < rank <= dim"
+        )
     tokens, kept = dim // num_heads, rank // num_heads
-    mixing = w_k.new_zeros(dim, rank)
+    key_value = torch.cat([w_k, w_v], dim=1).double()
+    selected = []
     for head in range(num_heads):
-        rows = slice(head * tokens, (head + 1) * tokens)
-        left, _, _ = torch.linalg.svd(torch.cat([w_k[rows], w_v[rows]], dim=1).double(), full_matrices=False)
-        left = left[:, :kept]
-        # Singular vectors have arbitrary signs; pick the one whose mixed token leans towards the sum.
-        left = left * torch.where(left.sum(dim=0) < 0, -1.0, 1.0)
-        mixing[rows, head * kept : (head + 1) * kept] = left.to(mixing.dtype)
-    return mixing
+        rows = key_value[head * tokens : (head + 1) * tokens]
+        left = torch.linalg.svd(rows, full_matrices=False).U[:, :kept]
+        scores = torch.round(left.square().sum(dim=1), decimals=12)
+        order = torch.sort(scores, descending=True, stable=True).indices  # stable: ties by index
+        selected.append(order[:kept].sort().values + head * tokens)
+    return torch.cat(selected)
