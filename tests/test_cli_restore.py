@@ -119,3 +119,13 @@ def test_read_image_keeps_16_bit_range_and_converts_channels(tmp_path):
     Image.fromarray(np.full((4, 5, 3), 255, np.uint8)).save(tmp_path / "white.png")
     grey = glmha.images.read_image(tmp_path / "white.png", channels=1)
     assert grey.shape == (1, 1, 4, 5) and torch.allclose(grey, torch.ones(()))
+
+
+def test_restore_with_an_official_style_pth(tmp_path):
+    model = glmha.create_model("restormer", **TINY)
+    torch.save({"params": model.state_dict()}, tmp_path / "official.pth")  # as the Restormer releases ship
+    Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / "black.png")
+    args = ["restore", str(tmp_path / "black.png"), "--checkpoint", str(tmp_path / "official.pth"), "--model-kwargs", json.dumps(TINY),
+            "--output", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert Image.open(tmp_path / "out" / "black.png").size == (20, 12)

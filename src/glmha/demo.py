@@ -343,7 +343,10 @@ def run_demo(
 
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
     settings = BUDGETS[budget]

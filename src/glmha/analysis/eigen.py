@@ -22,6 +22,7 @@ of the spectrum is the smallest k whose mean cumulative share reaches p.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..attention.convert import swap_attention
 from ..attention.registry import FAMILIES, get_attention_class, list_attentions
+from ..checkpoint import atomic_write
+from ..inference import pad_to_multiple
 
 SPECTRA = ("singular", "eigen")
 DEFAULT_SHARES = (0.90, 0.95, 0.99)
@@ -318,8 +322,6 @@ def plot_spectra(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..checkpoint import atomic_write
-
     curves = level_curves(spectra)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
@@ -340,7 +342,6 @@ def plot_spectra(
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-
 
 
 @dataclass
@@ -369,11 +370,6 @@ def analyse_attention(
     multiple as :func:`glmha.restore` does), or a tuple of forward inputs used as they are
     (e.g. a CASSI measurement and mask).
     """
-    import json
-
-    from ..checkpoint import atomic_write
-    from ..inference import pad_to_multiple
-
     device = next(model.parameters()).device
     multiple = int(getattr(model, "size_multiple", 1))
 
@@ -407,8 +403,6 @@ def format_rank_suggestion(
     share: float | None = None,
 ) -> str:
     """Python lines that build the GLMHA model the analysis suggests: per-layer ranks and one uniform ratio."""
-    import json
-
     spectra = report.spectra if isinstance(report, RankReport) else list(report)
     if share is None:
         share = json.loads(report.ranks_path.read_text())["share"] if isinstance(report, RankReport) else 0.95
@@ -434,8 +428,6 @@ def apply_ranks(model: nn.Module, ranks: dict[str, int], attention: str = "glmha
     layers and weights are kept; ``init="svd"`` warm-starts each new layer from the trained
     CSA one. Layers not named keep their attention.
     """
-    from ..attention.convert import swap_attention
-
     layers = attention_modules(model)
     unknown = sorted(set(ranks) - set(layers))
     if unknown:
