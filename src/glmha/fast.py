@@ -2,16 +2,17 @@
 
 ``glmha.optimize(model)`` wraps a model with the speed-ups that do not alter what it computes:
 
-- channels-last memory layout of weights and inputs (oneDNN's depth-wise convolutions, the
-  bulk of Restormer's CPU time, run about 2x faster on it; layer norm over channels reads it
+- channels-last memory layout of weights and inputs (oneDNN's depth-wise convolutions, a
+  large part of Restormer's CPU time, are faster on it; layer norm over channels reads it
   in place);
 - ``torch.inference_mode`` in eval mode (no autograd bookkeeping);
 - ``torch.compile`` of the whole forward as one graph (``fullgraph=True``: a graph break is
   an error, not a silent slowdown), with Inductor's weight freezing for inference;
 - optionally bf16/fp16 autocast; the models keep their norms and softmax in float32.
 
-The float32 paths match the plain model to ~1e-6 (tests/test_fast.py checks 1e-5 on the
-official golden outputs); autocast trades that exactness for speed on GPUs and is off by default.
+The float32 paths match the plain model to float rounding (tests/test_fast.py checks 1e-5 on
+the official golden outputs); autocast trades that exactness for speed and is off by default.
+Measured speed-ups: docs/benchmarks.md.
 """
 from __future__ import annotations
 

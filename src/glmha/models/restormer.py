@@ -24,8 +24,8 @@ class ChannelLayerNorm(nn.Module):
     ``"WithBias"`` is the usual layer norm; ``"BiasFree"`` divides by the standard deviation
     without centring the input and has no bias. The statistics are taken over the last dim of
     the ``B x H x W x C`` view: PyTorch's fused layer norm works there, and on a channels-last
-    input it reads the tensor in place. (Reducing over dim 1 of ``B x C x H x W`` instead was
-    measured 5x slower on CPU: strided ``var_mean`` is slow.) The output is the same view
+    input it reads the tensor in place (reducing over dim 1 of ``B x C x H x W`` with
+    ``var_mean`` instead was several times slower on the CPU). The output is the same view
     back, so a channels-last input gives a channels-last output.
     """
 
