@@ -102,11 +102,14 @@ def test_smsa_positional_branch_reads_the_query_projection():
 def test_weight_gating_equals_activation_gating():
     weight, x, gate = torch.randn(6, 10), torch.randn(3, 10, 17), torch.rand(3, 10)
     torch.testing.assert_close(gated_projection(weight, x, gate, True), gated_projection(weight, x, gate, False))
-    layer = GLMHA(16, 2)
-    x = torch.randn(2, 16, 5, 7)
-    fast = layer(x)
-    layer.gate_weights = False
-    torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
+    for bias in (False, True):
+        layer = GLMHA(16, 2, bias=bias)
+        torch.nn.init.normal_(layer.calibration.fc2.weight)  # a gate far from uniform
+        for x in (torch.randn(2, 16, 5, 7), torch.randn(1, 16, 5, 7)):  # batched product; single-image conv
+            fast = layer(x)
+            layer.gate_weights = False
+            torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
+            layer.gate_weights = True
 
 
 def test_calibration_switch():

@@ -122,10 +122,20 @@ class GLMHA(nn.Module):
             kv = self.kv(x)
         else:
             gate = self.calibration(x.mean(dim=(2, 3)))
-            kv = gated_projection(self.kv.weight.flatten(1), x.flatten(2), gate, self.gate_weights)
-            if self.kv.bias is not None:
-                kv = kv + self.kv.bias[:, None]
-            kv = kv.reshape(b, 2 * self.rank, h, w)
+            if torch.compiler.is_compiling():
+                # Compiled, scaling the activation fuses into the norm before it and keeps the
+                # key/value weight constant, so Inductor's freezing can prepack it.
+                kv = self.kv(x * gate[:, :, None, None])
+            elif self.gate_weights and b == 1:
+                # One image: the gated weight is an ordinary 1x1 conv, which keeps the input's
+                # memory layout (channels-last after the block's norm) instead of copying it
+                # into the B x C x N view the batched product needs (docs/benchmarks.md).
+                kv = F.conv2d(x, self.kv.weight * gate.reshape(1, c, 1, 1), self.kv.bias)
+            else:
+                kv = gated_projection(self.kv.weight.flatten(1), x.flatten(2), gate, self.gate_weights)
+                if self.kv.bias is not None:
+                    kv = kv + self.kv.bias[:, None]
+                kv = kv.reshape(b, 2 * self.rank, h, w)
         k, v = self.kv_dwconv(kv).chunk(2, dim=1)
         q = q.reshape(b, self.num_heads, -1, h * w)
         k = k.reshape(b, self.num_heads, -1, h * w)
