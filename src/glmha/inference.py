@@ -84,4 +84,4 @@ def restore(
                 window = _blend_window(tile_h, tile_w, overlap, x.device, pred.dtype)
             out[..., top : top + tile_h, left : left + tile_w] += pred * window
             weight_sum[top : top + tile_h, left : left + tile_w] += window
-    return out / weight_sum
+    return out.div_(weight_sum)  # in place: no third full-size buffer
