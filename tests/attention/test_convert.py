@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import glmha
-from glmha.attention import GLMHA, MDTA, SpectralGLMHA, SpectralMSA
+from glmha.attention import GLMHA, MDTA, SpectralGLMHA, SpectralMSA, build_attention
 from glmha.attention.baselines import PerformerCSA
 from glmha.attention.convert import select_tokens
 
@@ -179,3 +179,10 @@ def test_converted_model_trains_and_round_trips(tmp_path):
     model.eval(), fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_svd_init_refuses_a_baseline_that_derives_from_csa():
+    # The S-MSA baselines reuse SpectralMSA's projections; they are not CSA weights to convert.
+    model = torch.nn.Sequential(build_attention("linformer", "smsa", dim=12, num_heads=2, dim_head=6))
+    with pytest.raises(ValueError, match="init='svd' converts CSA to GLMHA"):
+        glmha.swap_attention(model, "glmha", init="svd")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .csa import MaskGuidedMechanism
+from .csa import SpectralMSA
 from .glmha import resolve_rank
 from .registry import register_attention
 
@@ -219,32 +219,21 @@ class ReformerCSA(_ChannelAttention):
 
 
 # --------------------------------------------------------------------------- MST / MST++ (smsa) blocks
-class _SpectralAttention(nn.Module):
-    """S-MSA's projections (and mask guidance) around ``self.core``, in the official K Q^T order."""
+class _SpectralAttention(SpectralMSA):
+    """S-MSA's projections (and mask guidance) around ``self.core``, in the official K Q^T order.
+
+    The parameters are S-MSA's own (built by :class:`SpectralMSA`); Reformer's shared-QK
+    variant drops ``to_k``.
+    """
 
     shared_qk = False
 
     def __init__(self, dim: int, num_heads: int, dim_head: int, mask_guided: bool = False, bias: bool = False):
-        super().__init__()
         if num_heads * dim_head != dim:
             raise ValueError(f"S-MSA needs num_heads * dim_head == dim, got {num_heads} * {dim_head} != {dim}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.dim_head = dim_head
-        self.mask_guided = mask_guided
-        self.to_q = nn.Linear(dim, dim, bias=bias)
-        if not self.shared_qk:
-            self.to_k = nn.Linear(dim, dim, bias=bias)
-        self.to_v = nn.Linear(dim, dim, bias=bias)
-        self.rescale = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.proj = nn.Linear(dim, dim, bias=True)
-        self.pos_emb = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False),
-            nn.GELU(),
-            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False),
-        )
-        if mask_guided:
-            self.mm = MaskGuidedMechanism(dim, downsample=max(1, dim // dim_head))
+        super().__init__(dim, num_heads, dim_head, mask_guided=mask_guided, bias=bias)
+        if self.shared_qk:
+            del self.to_k
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, h, w, c = x.shape

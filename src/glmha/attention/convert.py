@@ -95,7 +95,7 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
     projection (CSA's reads the values) and MST's mask weights the input of the value
     projection rather than its output.
     """
-    if isinstance(old, MDTA) and isinstance(new, GLMHA):
+    if type(old) is MDTA and isinstance(new, GLMHA):  # exact types: the S-MSA baselines derive from SpectralMSA
         dim = old.dim
         w_q, w_k, w_v = old.qkv.weight.split(dim)
         d_q, d_k, d_v = old.qkv_dwconv.weight.split(dim)
@@ -115,7 +115,7 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
         new.temperature.copy_(old.temperature)
         new.project_out.weight.copy_(old.project_out.weight)
         gated_weights = [new.kv.weight]
-    elif isinstance(old, SpectralMSA) and isinstance(new, SpectralGLMHA):
+    elif type(old) is SpectralMSA and isinstance(new, SpectralGLMHA):
         # The official S-MSA computes softmax(K Q^T) V: its to_k plays the query (row) role
         # and its to_q the key role.
         new.to_q.load_state_dict(old.to_k.state_dict())
