@@ -72,7 +72,17 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 # ----------------------------------------------------------------------------- tasks
-class RestorationTask:
+class _SingleInputTask:
+    """A task whose model takes ``batch["input"]`` alone; evaluation pads or tiles it."""
+
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["input"])
+
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+        return restore(model, batch["input"], tile=tile)
+
+
+class RestorationTask(_SingleInputTask):
     """Image in, image out; PSNR/SSIM on RGB or on MATLAB's Y channel.
 
     Evaluation clips the output to [0, 1] and (``quantize``) rounds it to 8 bits, as the
@@ -87,12 +97,6 @@ class RestorationTask:
         self.y_channel = y_channel
         self.quantize = quantize
         self.mae = mae
-
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["input"])
-
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
-        return restore(model, batch["input"], tile=tile)
 
     def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         target = batch["target"].to(pred.device)
@@ -109,7 +113,7 @@ class RestorationTask:
         return values
 
 
-class RGBToHSITask:
+class RGBToHSITask(_SingleInputTask):
     """RGB to 31-band hyperspectral (MST++, NTIRE 2022): MRAE, RMSE and PSNR as the official
     code computes them, after cropping ``border`` pixels on every side (official test: 128)."""
 
@@ -119,12 +123,6 @@ class RGBToHSITask:
 
     def __init__(self, border: int = 128):
         self.border = border
-
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["input"])
-
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
-        return restore(model, batch["input"], tile=tile)
 
     def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from ..metrics import spectral as m
