@@ -188,16 +188,15 @@ def read_rgb(path: str | os.PathLike, normalize: str = "minmax") -> np.ndarray:
     ``normalize="minmax"`` maps the image's own minimum and maximum to 0 and 1 (the official
     MST++ loader); ``"255"`` divides by 255.
     """
-    from PIL import Image, UnidentifiedImageError
+    import cv2
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read {path} as an image: {err}") from None
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the official loader's decoder
+    if bgr is None:
+        raise ValueError(f"cannot read {path} as an image")
+    rgb = np.float32(bgr[..., ::-1])
     if normalize == "minmax":
         low, high = rgb.min(), rgb.max()
         rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
@@ -409,18 +408,23 @@ class CASSIPatches(Dataset):
 
     def _crop(self, size: int) -> np.ndarray:
         scene = self.scenes[int(torch.randint(len(self.scenes), ()))]
-        top = int(torch.randint(scene.shape[1] - size + 1, ()))
-        left = int(torch.randint(scene.shape[2] - size + 1, ()))
+        # the official np.random.randint(0, h - size) never picks the last position
+        top = int(torch.randint(max(scene.shape[1] - size, 1), ()))
+        left = int(torch.randint(max(scene.shape[2] - size, 1), ()))
         return scene[:, top:top + size, left:left + size]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if float(torch.rand(())) < self.mosaic_probability:
+    def sample(self, as_mosaic: bool) -> torch.Tensor:
+        """One training patch: a mosaic of four unaugmented half-size crops, or a crop rotated and flipped."""
+        if as_mosaic:
             patch = mosaic([self._crop(self.crop_size // 2) for _ in range(4)])
         else:
             patch = self._crop(self.crop_size)
             if self.augment:
                 (patch,) = random_augment(patch)
         return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.sample(float(torch.rand(())) < self.mosaic_probability)
 
 
 class CubeFolder(_PatchGrid):

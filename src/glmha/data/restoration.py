@@ -22,6 +22,7 @@ Official layouts (see ``docs/data.md``):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -32,66 +33,64 @@ from torch.utils.data import Dataset
 from . import degradations as deg
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# ITU-R BT.601 luma, the weights OpenCV's grey conversion (and so the official code) uses.
-_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 class DatasetError(ValueError):
     """A dataset folder or file cannot be used; the message names the path."""
 
 
-def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
-    """Read an image file as float32 ``H x W x C`` in ``[0, 1]`` (8- or 16-bit; alpha dropped)."""
-    from skimage.io import imread
+def read_image(path: str | os.PathLike, grayscale: bool = False, bit_depth: int = 8) -> np.ndarray:
+    """Read an image file as float32 ``H x W x C`` in ``[0, 1]``, decoded as the official code decodes it.
 
+    The official Restormer scripts read every image with OpenCV, and so does this function:
+    ``bit_depth=8`` is ``cv2.imread`` in colour (16-bit files come back as their high byte, as
+    the official 8-bit loaders see them), ``grayscale=True`` is ``cv2.IMREAD_GRAYSCALE`` (colour
+    files converted by the decoder, as the official grey denoising code converts them), and
+    ``bit_depth=16`` keeps 16-bit files at full precision (``cv2.IMREAD_UNCHANGED``, the
+    official dual-pixel loader; with ``grayscale``, ``IMREAD_ANYDEPTH``). Values are divided by 255 or 65535; alpha is dropped and grey
+    files are repeated to RGB unless ``grayscale``.
+    """
+    import cv2
+
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     path = Path(path)
-    try:
-        image = _read_png16(path) if _is_png16(path) else np.asarray(imread(path))
-    except Exception as err:  # any decoder failure means the same to the user
-        raise DatasetError(f"cannot read image {path}: {err}") from None
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        image = image.astype(np.float32) / 65535.0
-    elif np.issubdtype(image.dtype, np.floating):
-        image = image.astype(np.float32)
+    if grayscale:
+        flag = cv2.IMREAD_GRAYSCALE | (cv2.IMREAD_ANYDEPTH if bit_depth == 16 else 0)
     else:
-        raise DatasetError(f"image {path} has unsupported pixel type {image.dtype}")
+        flag = cv2.IMREAD_COLOR if bit_depth == 8 else cv2.IMREAD_UNCHANGED
+    try:
+        image = cv2.imread(str(path), flag) if path.is_file() else None
+    except cv2.error as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from None
+    if image is None:
+        raise DatasetError(f"cannot read image {path}: not a readable image file")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(f"image {path} has unsupported pixel type {image.dtype}; expected 8 or 16 bit")
+    scale = 255.0 if image.dtype == np.uint8 else 65535.0
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise DatasetError(f"image {path} has shape {image.shape}; expected H x W, H x W x 3 or H x W x 4")
-    image = image[..., :3]
-    if grayscale and image.shape[-1] == 3:
-        image = (image @ _GREY_WEIGHTS)[..., None]
-    elif not grayscale and image.shape[-1] == 1:
+    if grayscale:
+        image = image[..., :1]
+    elif image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image)
+    else:
+        image = image[..., 2::-1]  # BGR(A) -> RGB
+    return np.ascontiguousarray(image.astype(np.float32) / np.float32(scale))
 
 
-def _is_png16(path: Path) -> bool:
-    # Pillow decodes 16-bit RGB PNGs (DPDD) to 8 bits; those go through pypng instead.
-    if path.suffix.lower() != ".png" or not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        header = f.read(25)
-    return len(header) == 25 and header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16
-
-
-def _read_png16(path: Path) -> np.ndarray:
-    import png
-
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    image = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-    return image.reshape(height, width, info["planes"])
+def natural_key(name: str) -> list:
+    """Sort key comparing digit runs as numbers ("img2" before "img10"), the order of natsort's
+    ``natsorted`` that the official scripts list files in."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files of ``folder``, sorted by name; an error if it is missing or has none."""
+    """The image files of ``folder`` in natural order; an error if it is missing or has none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"dataset folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()), key=lambda p: natural_key(p.name))
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return files
@@ -107,7 +106,7 @@ def match_files(folders: Sequence[Path]) -> list[list[Path]]:
             others = ", ".join(str(f) for f in folders if f != folder)
             shown = ", ".join(unmatched[:5]) + (f" (and {len(unmatched) - 5} more)" if len(unmatched) > 5 else "")
             raise DatasetError(f"{len(unmatched)} file(s) in {folder} have no partner of the same name in {others}: {shown}")
-    return [[listing[name] for listing in listings] for name in sorted(common)]
+    return [[listing[name] for listing in listings] for name in sorted(common, key=natural_key)]
 
 
 def augment_geometric(arrays: Sequence[np.ndarray], mode: int) -> list[np.ndarray]:
@@ -125,7 +124,12 @@ class PairedSamples(Dataset):
 
     Subclasses implement ``__len__``, ``name(index)`` and ``load(index, rng)`` returning
     ``(input or None, target)``; with ``None`` the input is made by ``degrade(target, rng)``
-    after cropping (noise on the crop, as the official denoising code does).
+    after cropping (noise on the crop, as the official denoising code does), or by
+    ``degrade_for_test(target, index)`` when the item is read by index (evaluation).
+
+    Training crops follow the official loaders: an image smaller than ``patch_size`` is first
+    padded at the bottom and right by mirroring with the edge pixel repeated (OpenCV's
+    ``BORDER_REFLECT``), then a ``patch_size`` window is cut at a random position.
     """
 
     def __init__(self, patch_size: int | None = None, augment: bool = False, seed: int = 0):
@@ -145,8 +149,11 @@ class PairedSamples(Dataset):
     def degrade(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no on-the-fly degradation")
 
+    def degrade_for_test(self, target: np.ndarray, index: int, rng: np.random.Generator) -> np.ndarray:
+        return self.degrade(target, rng)
+
     def set_patch_size(self, patch_size: int | None) -> None:
-        """Change the training crop size (progressive training)."""
+        """Change the training crop size."""
         self.patch_size = patch_size
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -161,7 +168,7 @@ class PairedSamples(Dataset):
             mode = int(rng.integers(8))
             inp, target = (augment_geometric([inp, target], mode) if inp is not None else (None, augment_geometric([target], mode)[0]))
         if inp is None:
-            inp = self.degrade(target, rng)
+            inp = self.degrade(target, rng) if sample >= 0 else self.degrade_for_test(target, index, rng)
         return {"input": _to_tensor(inp), "target": _to_tensor(target), "name": self.name(index)}
 
     def _crop(self, inp, target, index, rng):
@@ -170,10 +177,21 @@ class PairedSamples(Dataset):
         if inp is not None and inp.shape[:2] != (h, w):
             raise DatasetError(f"{self.name(index)}: input {inp.shape[:2]} and target {(h, w)} differ in size")
         if h < size or w < size:
-            raise DatasetError(f"{self.name(index)} is {h}x{w}, smaller than the {size}x{size} training crop")
+            inp, target = (None if inp is None else pad_reflect(inp, size)), pad_reflect(target, size)
+            h, w = target.shape[:2]
         top, left = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         window = (slice(top, top + size), slice(left, left + size))
         return (None if inp is None else inp[window]), target[window]
+
+
+def pad_reflect(image: np.ndarray, size: int) -> np.ndarray:
+    """Pad an ``H x W x C`` image at the bottom and right to at least ``size x size`` as the official
+    loaders do with ``cv2.copyMakeBorder(..., cv2.BORDER_REFLECT)``: mirrored with the edge pixel
+    repeated, and mirrored again when the pad is longer than the image (NumPy's "symmetric")."""
+    pad_h, pad_w = max(0, size - image.shape[0]), max(0, size - image.shape[1])
+    if pad_h == 0 and pad_w == 0:
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2), mode="symmetric")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -183,8 +201,11 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class PairedImageFolder(PairedSamples):
     """Input/target images of the same file name in sibling folders of ``root``.
 
-    ``input_dirs`` with several folders stacks them on the channel axis
-    (dual-pixel defocus: ``["inputL", "inputR"]`` gives 6 channels).
+    ``input_dirs`` with several folders stacks them on the channel axis (dual-pixel defocus:
+    ``["inputL", "inputR"]`` gives 6 channels). ``bit_depth`` and ``grayscale`` choose how files
+    are decoded (:func:`read_image`). ``groups`` names subsets of the images for separate
+    averages, each a ``.npy`` file (relative to ``root``) of 1-based indices into the images in
+    natural order, as DPDD's ``indoor_labels.npy`` and ``outdoor_labels.npy``.
     """
 
     def __init__(
@@ -195,6 +216,8 @@ class PairedImageFolder(PairedSamples):
         patch_size: int | None = None,
         augment: bool = False,
         grayscale: bool = False,
+        bit_depth: int = 8,
+        groups: dict[str, str] | None = None,
         seed: int = 0,
     ):
         super().__init__(patch_size, augment, seed)
@@ -202,8 +225,20 @@ class PairedImageFolder(PairedSamples):
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder not found: {self.root}")
         input_dirs = [input_dirs] if isinstance(input_dirs, str) else list(input_dirs)
-        self.grayscale = grayscale
+        self.grayscale, self.bit_depth = grayscale, bit_depth
         self.files = match_files([self.root / d for d in (*input_dirs, target_dir)])
+        self.groups = {name: self._read_group(self.root / path) for name, path in (groups or {}).items()}
+
+    def _read_group(self, path: Path) -> list[int]:
+        if not path.is_file():
+            raise DatasetError(f"group label file not found: {path}")
+        try:
+            labels = np.asarray(np.load(path, allow_pickle=False)).ravel()
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"cannot read group labels {path}: {err}") from None
+        if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 1 or labels.max() > len(self.files):
+            raise DatasetError(f"{path} must hold 1-based image indices between 1 and {len(self.files)}")
+        return [int(i) - 1 for i in labels]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -212,7 +247,7 @@ class PairedImageFolder(PairedSamples):
         return str(self.files[index][0])
 
     def load(self, index, rng):
-        *inputs, target = (read_image(p, self.grayscale) for p in self.files[index])
+        *inputs, target = (read_image(p, self.grayscale, self.bit_depth) for p in self.files[index])
         for path, image in zip(self.files[index], inputs):
             if image.shape[:2] != target.shape[:2]:
                 raise DatasetError(f"{path} is {image.shape[:2]} but its target {self.files[index][-1]} is {target.shape[:2]}")
@@ -220,10 +255,13 @@ class PairedImageFolder(PairedSamples):
 
 
 class NoisyImageFolder(PairedSamples):
-    """Clean images of ``root`` with additive Gaussian noise drawn per item (Gaussian denoising).
+    """Clean images of ``root`` with additive Gaussian noise (Gaussian denoising).
 
     ``sigma`` is on the 0..255 scale; a ``[low, high]`` pair draws it per sample (blind
-    denoising). In evaluation (item by index) the noise is fixed by ``seed`` and the index.
+    training). Training noise is drawn per sample. An item read by index (evaluation) gets
+    the official test noise: NumPy's legacy generator reseeded with 0 for every image,
+    ``normal(0, sigma / 255, H x W x C)`` added to the float32 image, as the official test
+    scripts do, so the noisy inputs equal theirs.
     """
 
     def __init__(
@@ -252,9 +290,24 @@ class NoisyImageFolder(PairedSamples):
     def degrade(self, target, rng):
         return deg.add_gaussian_noise(target, rng, self.sigma)
 
+    def degrade_for_test(self, target, index, rng):
+        if not isinstance(self.sigma, (int, float)):
+            raise DatasetError(f"a test set needs one noise level; sigma is the range {list(self.sigma)}")
+        return official_test_noise(target, self.sigma)
+
+
+def official_test_noise(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The noisy test input of the official Gaussian denoising scripts: ``np.random.seed(0)`` then
+    ``image += np.random.normal(0, sigma / 255, image.shape)`` on a float32 image."""
+    noise = np.random.RandomState(0).normal(0, sigma / 255.0, image.shape)
+    return (image + noise).astype(np.float32)
+
 
 class SIDDBlocks(PairedSamples):
-    """The SIDD sRGB validation blocks: two ``.mat`` files of ``N x B x H x W x 3`` uint8 arrays."""
+    """The SIDD sRGB validation blocks: two ``.mat`` files of ``N x B x H x W x 3`` uint8 arrays.
+
+    Blocks are named ``<image>_<block>`` (1-based, ``0001_01``) as the official test script names its PNGs.
+    """
 
     def __init__(
         self,
@@ -278,11 +331,57 @@ class SIDDBlocks(PairedSamples):
         return self.noisy.shape[0] * self.blocks
 
     def name(self, index: int) -> str:
-        return f"image{index // self.blocks:02d}_block{index % self.blocks:02d}"
+        return f"{index // self.blocks + 1:04d}_{index % self.blocks + 1:02d}"
 
     def load(self, index, rng):
         i, j = divmod(index, self.blocks)
-        return self.noisy[i, j].astype(np.float32) / 255.0, self.target[i, j].astype(np.float32) / 255.0
+        return self.noisy[i, j].astype(np.float32) / np.float32(255), self.target[i, j].astype(np.float32) / np.float32(255)
+
+
+class DNDImages(Dataset):
+    """The DND benchmark (``info.mat`` and ``images_srgb/0001.mat`` ... in MATLAB v7.3): for each image
+    the 20 noisy patches the benchmark scores, cut at the bounding boxes of ``info.mat``.
+
+    Items are ``{"input": 20 x 3 x h x w, "name": "0001"}``; there is no ground truth (the
+    benchmark scores submissions online), see :func:`glmha.metrics.protocols.write_dnd_submission`.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        import h5py
+
+        self.root = Path(root)
+        info_path = self.root / "info.mat"
+        if not info_path.is_file():
+            raise DatasetError(f"DND info file not found: {info_path}")
+        try:
+            with h5py.File(info_path, "r") as f:
+                info = f["info"]
+                refs = info["boundingboxes"]
+                # MATLAB stores boxes column-major: each is 4 x 20, rows (top, left, bottom, right), 1-based inclusive
+                self.boxes = [np.asarray(info[refs[0][i]]).T.astype(int) for i in range(refs.shape[1])]
+        except (OSError, KeyError, ValueError) as err:
+            raise DatasetError(f"cannot read DND bounding boxes from {info_path}: {err}") from None
+        self.paths = [self.root / "images_srgb" / f"{i + 1:04d}.mat" for i in range(len(self.boxes))]
+        missing = [str(p) for p in self.paths if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{len(missing)} DND image file(s) missing, e.g. {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key) -> dict:
+        import h5py
+
+        index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        try:
+            with h5py.File(self.paths[index], "r") as f:
+                noisy = np.asarray(f["InoisySRGB"], dtype=np.float32).T  # H x W x 3
+        except (OSError, KeyError) as err:
+            raise DatasetError(f"cannot read {self.paths[index]} (variable InoisySRGB): {err}") from None
+        patches = [noisy[top - 1 : bottom, left - 1 : right] for top, left, bottom, right in self.boxes[index]]
+        if len({p.shape for p in patches}) != 1:
+            raise DatasetError(f"{self.paths[index]}: the bounding boxes differ in size")
+        return {"input": torch.from_numpy(np.ascontiguousarray(np.stack(patches).transpose(0, 3, 1, 2))), "name": f"{index + 1:04d}"}
 
 
 def read_mat_array(path: str | os.PathLike, key: str) -> np.ndarray:

@@ -105,14 +105,26 @@ def _mask(mask: str | os.PathLike | None, size: tuple[int, int], mask_seed: int)
 
 
 class CAVETrainingCubes(Dataset):
-    """MST training samples: random 256 crops (or 4-crop mosaics) of the CAVE scenes
-    (:class:`glmha.data.hyperspectral.CASSIPatches`), with the coded aperture ``mask`` (``.mat``, key ``mask``)."""
+    """MST training samples: random 256 crops or 4-crop mosaics of the CAVE scenes
+    (:class:`glmha.data.hyperspectral.CASSIPatches`), with the coded aperture ``mask`` (``.mat``, key ``mask``).
+
+    ``batch_layout`` fixes the kind of every position of a batch, as the official
+    ``shuffle_crop`` does: with a batch of 5, two rotated/flipped crops then three mosaics
+    (``[crop, crop, mosaic, mosaic, mosaic]``). Its length must equal ``train.batch_size``:
+    sample number ``n`` of the run takes the kind ``batch_layout[n % len(batch_layout)]``.
+    """
+
+    KINDS = ("crop", "mosaic")
 
     def __init__(self, root: str | os.PathLike, mask: str | os.PathLike, crop_size: int = 256, length: int = 5000,
-                 mosaic_probability: float = 0.5, augment: bool = True, seed: int = 0):
+                 batch_layout: list[str] | tuple[str, ...] = ("crop", "crop", "mosaic", "mosaic", "mosaic"),
+                 augment: bool = True, seed: int = 0):
         if not Path(root).is_dir():
             raise DatasetError(f"dataset folder not found: {root}")
-        self.inner = hyperspectral.CASSIPatches(hyperspectral.load_cave_scenes(root), crop_size, length, mosaic_probability, augment)
+        if not batch_layout or set(batch_layout) - set(self.KINDS):
+            raise DatasetError(f"batch_layout must be a non-empty list of {self.KINDS}, got {batch_layout}")
+        self.inner = hyperspectral.CASSIPatches(hyperspectral.load_cave_scenes(root), crop_size, length, 0.0, augment)
+        self.batch_layout = list(batch_layout)
         self.mask = _mask(mask, (crop_size, crop_size), 0)
         if tuple(self.mask.shape) != (crop_size, crop_size):
             raise DatasetError(f"the coded aperture {mask} is {tuple(self.mask.shape)}, the crops {crop_size}x{crop_size}")
@@ -124,7 +136,7 @@ class CAVETrainingCubes(Dataset):
     def __getitem__(self, key) -> dict:
         index, sample = _split_key(key)
         with _seeded_torch(self.seed, index, sample):
-            cube = self.inner[index]
+            cube = self.inner.sample(self.batch_layout[max(sample, 0) % len(self.batch_layout)] == "mosaic")
         return {"target": cube, "mask": self.mask, "name": f"sample_{index}"}
 
 
