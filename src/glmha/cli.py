@@ -260,13 +260,16 @@ def _run_train(args: argparse.Namespace) -> None:
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the experiment config the model was trained with")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.Test100.root=/data/Test100")
-    parser.add_argument("--checkpoint", default=None, help="weights: .safetensors of a run or an official .pth (default: the run's model.safetensors)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="last (the run's final weights), best (its best validation), a run folder, or a weights file (.safetensors or an official .pth); default: the config's evaluate.checkpoint, else last")
     parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
     parser.add_argument("--sets", nargs="+", default=None, help="test sets to run (default: all of data.test)")
     parser.add_argument("--output-dir", default=None, help="where results.csv / results.md go (default: <run>/eval)")
-    parser.add_argument("--tile", type=int, default=None, help="tiled inference for large images")
+    parser.add_argument("--tile", type=int, default=None, help="tiled inference for large images (not the official protocol, which restores whole images)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="autocast precision (default: fp32, as the official scripts)")
+    parser.add_argument("--save-images", action="store_true", help="also write the restored outputs as the official test scripts do")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -274,11 +277,62 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     try:
         result = evaluate(args.config, args.checkpoint, args.overrides, variant=args.variant, sets=args.sets,
-                          output_dir=args.output_dir, device=args.device, tile=args.tile)
+                          output_dir=args.output_dir, device=args.device, tile=args.tile, precision=args.precision,
+                          save_images=args.save_images or None)
     except _engine_errors() as err:
         raise CommandError(str(err)) from None
     print(result.markdown)
     print(f"written: {result.csv_path}, {result.markdown_path}")
+    for name, folder in result.outputs.items():
+        print(f"outputs of {name}: {folder}")
+
+
+# --------------------------------------------------------------------------- prepare / score
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+    from .data.prepare import PREPARE_TASKS
+
+    parser.add_argument("task", choices=sorted(PREPARE_TASKS), help="which official preparation script to run")
+    parser.add_argument("--source", required=True, help="the downloaded data (see `glmha prepare --help` and docs/data.md)")
+    parser.add_argument("--output", default="Datasets", help="the Datasets root the configs read (default: Datasets)")
+    parser.add_argument("--val-source", default=None, help="gopro: the test frames for the validation crops (default: <output>/test/GoPro)")
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare
+    from .data.restoration import DatasetError
+
+    try:
+        report = prepare(args.task, args.source, args.output, args.val_source)
+    except (DatasetError, ValueError, OSError) as err:
+        raise CommandError(str(err)) from None
+    print(f"{report.done} source image(s) prepared now, {report.skipped} already done; {report.patches} patch file set(s) written under {args.output}")
+
+
+def _add_score(parser: argparse.ArgumentParser) -> None:
+    from .metrics.protocols import PROTOCOLS
+
+    parser.add_argument("protocol", choices=sorted(p for p in PROTOCOLS if PROTOCOLS[p].metrics), help="the official protocol")
+    parser.add_argument("--restored", nargs="+", required=True, help="restored images (files or folders), Idenoised.mat (sidd), Test_result.mat (cassi) or cubes (ntire2022)")
+    parser.add_argument("--target", default=None, help="ground truth: a folder of images / cubes, or ValidationGtBlocksSrgb.mat (sidd)")
+    parser.add_argument("--grayscale", action="store_true", help="gaussian_denoising: read both as grey images (the grey denoising script)")
+    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="dpdd: 16 for the dual-pixel (16-bit) data (default: 8)")
+    parser.add_argument("--per-image", action="store_true", help="print every image's row")
+    parser.add_argument("--output", default=None, help="also write the rows to this CSV file")
+
+
+def _run_score(args: argparse.Namespace) -> None:
+    from .data.restoration import DatasetError
+    from .engine.evaluate import format_markdown, write_csv
+    from .engine.score import score_files
+
+    restored = args.restored[0] if len(args.restored) == 1 else args.restored
+    try:
+        rows, mean = score_files(args.protocol, restored, args.target, args.grayscale, args.bit_depth)
+    except (DatasetError, ValueError, KeyError, OSError) as err:
+        raise CommandError(str(err).strip("'\"")) from None
+    print(format_markdown((rows if args.per_image else []) + [mean]))
+    if args.output:
+        print(f"written: {write_csv(args.output, rows + [mean])}")
 
 
 # --------------------------------------------------------------------------- demo
@@ -341,6 +395,24 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {
+    "prepare": (
+        _add_prepare,
+        _run_prepare,
+        "cut downloaded training data into the official patches (GoPro, SIDD, DFWB, DPDD); resumable",
+        "glmha prepare gopro --source Datasets/Downloads/GoPro --output Datasets\n"
+        "  glmha prepare sidd --source Datasets/Downloads/SIDD --output Datasets\n"
+        "  glmha prepare dfwb --source Datasets/Downloads --output Datasets\n"
+        "  glmha prepare dpdd --source Datasets/Downloads/DPDD --output Datasets",
+    ),
+    "score": (
+        _add_score,
+        _run_score,
+        "score restored files with an official evaluation protocol (no model needed)",
+        "glmha score deraining --restored results/Rain100H --target Datasets/test/Rain100H/target\n"
+        "  glmha score gopro_hide --restored results/GoPro --target Datasets/test/GoPro/target --per-image\n"
+        "  glmha score sidd --restored results/Real_Denoising/SIDD/mat/Idenoised.mat --target Datasets/test/SIDD/ValidationGtBlocksSrgb.mat\n"
+        "  glmha score cassi --restored results/Test_result.mat",
+    ),
     "reconstruct": (
         _add_reconstruct,
         _run_reconstruct,
@@ -393,7 +465,8 @@ COMMANDS = {
         _run_evaluate,
         "evaluate a checkpoint with the paper's protocol on the config's test sets (CSV + Markdown)",
         "glmha evaluate configs/restormer/deraining_csa.yaml --checkpoint deraining.pth\n"
-        "  glmha evaluate configs/restormer/deraining_csa.yaml --smoke --checkpoint runs/smoke/restormer_deraining_csa/model.safetensors",
+        "  glmha evaluate configs/mst/mst_l_cassi_csa.yaml --checkpoint best --save-images\n"
+        "  glmha evaluate configs/restormer/deraining_csa.yaml --smoke --checkpoint runs/smoke/restormer_deraining_csa",
     ),
 }
 

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import restoration
 from ..inference import restore
-from ..metrics import image as image_metrics
+from ..metrics import protocols
 from . import spectral
 
 DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "paired_folder": restoration.PairedImageFolder,
     "noisy_folder": restoration.NoisyImageFolder,
     "sidd_blocks": restoration.SIDDBlocks,
+    "dnd": restoration.DNDImages,
     "synthetic": restoration.SyntheticPairs,
     "arad1k": spectral.ARAD1KPairs,
     "synthetic_rgb2hsi": spectral.SyntheticRGBToHSI,
@@ -82,35 +84,37 @@ class _SingleInputTask:
         return restore(model, batch["input"], tile=tile)
 
 
-class RestorationTask(_SingleInputTask):
-    """Image in, image out; PSNR/SSIM on RGB or on MATLAB's Y channel.
+def _images(batch: torch.Tensor) -> list[np.ndarray]:
+    """``B x C x H x W`` tensor -> per-image float32 ``H x W x C`` arrays."""
+    return list(batch.detach().float().cpu().permute(0, 2, 3, 1).numpy())
 
-    Evaluation clips the output to [0, 1] and (``quantize``) rounds it to 8 bits, as the
-    official scripts that save 8-bit PNGs and measure them.
+
+def score_batch(protocol_name: str, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Score each image of a batch with an official protocol (:mod:`glmha.metrics.protocols`):
+    the prediction stored as the protocol's test script stores it, the ground truth read as its
+    evaluation reads it. Returns metric name -> float64 tensor of shape ``B``."""
+    protocol = protocols.get_protocol(protocol_name)
+    rows = [protocol.score(protocols.as_stored(protocol, p), protocols.as_read(protocol, t)) for p, t in zip(_images(pred), _images(target))]
+    return {name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in protocol.metrics}
+
+
+class RestorationTask(_SingleInputTask):
+    """Image in, image out, scored with an official evaluation protocol.
+
+    ``protocol`` names the default protocol of the task's test sets (see
+    :data:`glmha.metrics.protocols.PROTOCOLS`); ``glmha evaluate`` can choose another per set.
     """
 
     primary_metric = "psnr"
     higher_is_better = True
 
-    def __init__(self, name: str, y_channel: bool, quantize: bool = True, mae: bool = False):
+    def __init__(self, name: str, protocol: str):
+        protocols.get_protocol(protocol)
         self.name = name
-        self.y_channel = y_channel
-        self.quantize = quantize
-        self.mae = mae
+        self.protocol = protocol
 
-    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        target = batch["target"].to(pred.device)
-        pred = pred.clamp(0, 1)
-        if self.quantize:
-            pred = (pred * 255).round() / 255
-        y = self.y_channel and pred.shape[1] == 3
-        values = {
-            "psnr": image_metrics.psnr(pred, target, y_channel=y),
-            "ssim": image_metrics.ssim(pred, target, y_channel=y),
-        }
-        if self.mae:
-            values["mae"] = (pred.double() - target.double()).abs().flatten(1).mean(1)
-        return values
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
+        return score_batch(protocol or self.protocol, pred, batch["target"])
 
 
 class RGBToHSITask(_SingleInputTask):
@@ -118,13 +122,15 @@ class RGBToHSITask(_SingleInputTask):
     code computes them, after cropping ``border`` pixels on every side (official test: 128)."""
 
     name = "rgb_to_hsi"
+    protocol = "ntire2022"
     primary_metric = "mrae"
     higher_is_better = False
 
     def __init__(self, border: int = 128):
         self.border = border
 
-    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
+        _check_protocol(self, protocol)
         from ..metrics import spectral as m
 
         target = batch["target"].to(pred.device)
@@ -139,10 +145,13 @@ class CASSITask:
     """CASSI reconstruction (MST): the measurement is simulated from the cube and the coded
     aperture of each sample; the network gets the official inputs (``input_setting`` "H":
     the measurement divided by the band count, doubled and shifted back; ``mask_setting``
-    "Phi": the shifted 3-D mask). Metrics: MST's per-band PSNR and SSIM, averaged over bands."""
+    "Phi": the shifted 3-D mask). Metrics: both official CASSI protocols (the paper's
+    ``psnr``/``ssim`` and the training log's ``psnr_train_log``/``ssim_train_log``); the best
+    checkpoint is chosen by the training log's PSNR, as the official training does."""
 
     name = "cassi"
-    primary_metric = "psnr"
+    protocol = "cassi"
+    primary_metric = "psnr_train_log"
     higher_is_better = True
 
     def __init__(self, input_setting: str = "H", mask_setting: str = "Phi", step: int = 2):
@@ -168,20 +177,22 @@ class CASSITask:
             raise ValueError("CASSI reconstruction runs on whole scenes; tiled inference does not apply")
         return model(*self.inputs(batch))
 
-    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from ..metrics import spectral as m
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
+        _check_protocol(self, protocol)
+        return score_batch(self.protocol, pred, batch["target"])
 
-        target = batch["target"].to(pred.device)
-        return {"psnr": m.cassi_psnr(pred, target, reduction="none"), "ssim": m.cassi_ssim(pred, target, reduction="none")}
+
+def _check_protocol(task, protocol: str | None) -> None:
+    if protocol not in (None, task.protocol):
+        raise ValueError(f"the {task.name} task is scored with the {task.protocol!r} protocol, not {protocol!r}")
 
 
 TASKS: dict[str, Callable[..., Any]] = {
-    "deraining": lambda: RestorationTask("deraining", y_channel=True),
-    "motion_deblurring": lambda: RestorationTask("motion_deblurring", y_channel=False),
-    # DPDD is 16-bit: the official script measures the float output, and reports MAE too.
-    "defocus_deblurring": lambda: RestorationTask("defocus_deblurring", y_channel=False, quantize=False, mae=True),
-    "gaussian_denoising": lambda: RestorationTask("gaussian_denoising", y_channel=False),
-    "real_denoising": lambda: RestorationTask("real_denoising", y_channel=False),
+    "deraining": lambda protocol="deraining": RestorationTask("deraining", protocol),
+    "motion_deblurring": lambda protocol="gopro_hide": RestorationTask("motion_deblurring", protocol),
+    "defocus_deblurring": lambda protocol="dpdd": RestorationTask("defocus_deblurring", protocol),
+    "gaussian_denoising": lambda protocol="gaussian_denoising": RestorationTask("gaussian_denoising", protocol),
+    "real_denoising": lambda protocol="sidd": RestorationTask("real_denoising", protocol),
     "rgb_to_hsi": RGBToHSITask,
     "cassi": CASSITask,
 }

@@ -5,7 +5,8 @@ Entry point: :func:`train`. A run writes into its ``output_dir``::
     checkpoints/iter_00004000.safetensors   model weights (load with glmha.load_checkpoint)
     checkpoints/iter_00004000.state.pt      optimizer, scheduler, grad scaler, RNG states, counters
     checkpoints/latest.json                 the newest complete checkpoint (written last)
-    model.safetensors                       final weights
+    model.safetensors                       final weights (the last iteration)
+    best.safetensors                        weights of the best validation so far (task's primary metric)
     tensorboard/                            loss, learning rate, validation metrics
     config.yaml                             the resolved config
 
@@ -47,7 +48,15 @@ class TrainSettings:
 
     ``stages`` (progressive training) is a list of ``{iters, patch_size, batch_size}``; without
     it every iteration uses ``patch_size`` and ``batch_size``. Batch sizes are per process
-    (per GPU). ``precision`` applies on GPU only: the CPU trains in fp32.
+    (per GPU). With stages, training crops are cut at the largest stage's patch size and each
+    batch is then cut, at one random position for the whole batch, to the current stage's
+    size, as the official Restormer trainer does (its ``gt_size`` and ``mini_gt_sizes``).
+
+    ``precision``: ``fp32`` (the official recipes), or ``bf16`` / ``fp16`` autocast (bf16 also
+    on the CPU; fp16 needs a GPU). ``mixup``: the official Restormer mixing augmentation,
+    ``{beta, use_identity}``: per batch, with probability 1/2 when ``use_identity`` (else
+    always), inputs and targets are blended with a shuffled copy of the batch by a weight
+    drawn from Beta(beta, beta).
     """
 
     total_iters: int
@@ -56,7 +65,8 @@ class TrainSettings:
     stages: list[dict] | None = None
     loss: str = "l1"
     grad_clip: float | None = None
-    precision: str = "bf16"
+    precision: str = "fp32"
+    mixup: dict | None = None
     val_every: int = 1000
     checkpoint_every: int = 1000
     log_every: int = 100
@@ -79,6 +89,18 @@ class TrainSettings:
                 raise ConfigError(
                     f"train.stages last {sum(s['iters'] for s in self.stages)} iterations in all, but total_iters is {self.total_iters}"
                 )
+
+        if self.mixup is not None:
+            if not isinstance(self.mixup, dict) or set(self.mixup) - {"beta", "use_identity"} or "beta" not in self.mixup:
+                raise ConfigError(f"train.mixup must be {{beta: float, use_identity: bool}} or null, got {self.mixup}")
+            if not float(self.mixup["beta"]) > 0:
+                raise ConfigError(f"train.mixup.beta must be positive, got {self.mixup['beta']}")
+
+    @property
+    def crop_size(self) -> int | None:
+        """Side of the training crops the dataset cuts: the largest stage's patch size with stages."""
+        sizes = [s.get("patch_size", self.patch_size) for s in self.stages or []]
+        return max(sizes) if sizes and None not in sizes else self.patch_size
 
     def stage_at(self, iteration: int) -> tuple[int, int | None, int]:
         """(stage index, patch size, batch size) in force at ``iteration``."""
@@ -221,6 +243,37 @@ def _loader(dataset, settings: TrainSettings, batch_size: int, seed: int, start:
     )
 
 
+def batch_generator(seed: int, iteration: int, stream: int) -> np.random.Generator:
+    """Random numbers of one training step's batch transforms: a function of the step (exact resume).
+
+    The progressive crop uses stream 0 on every process, so that N processes cut their shares
+    of a global batch where one process would cut the whole; mixup uses stream ``1 + rank``
+    and mixes within each process's batch, as the official trainer does on each GPU.
+    """
+    return np.random.default_rng([seed, iteration, stream, 1])
+
+
+def random_window(batch: dict, size: int, rng: np.random.Generator) -> dict:
+    """Cut ``input`` and ``target`` of a whole batch to ``size x size`` at one random position (official
+    progressive training: ``x0 = int((gt_size - mini_gt_size) * random())``)."""
+    height, width = batch["target"].shape[-2:]
+    top, left = int((height - size) * rng.random()), int((width - size) * rng.random())
+    window = (Ellipsis, slice(top, top + size), slice(left, left + size))
+    return {k: v[window] if k in ("input", "target") else v for k, v in batch.items()}
+
+
+def mixup(batch: dict, beta: float, use_identity: bool, rng: np.random.Generator) -> dict:
+    """The official Restormer mixing augmentation of one batch (see :class:`TrainSettings`)."""
+    if "input" not in batch:
+        raise ConfigError("train.mixup blends inputs and targets; this task's batches have no 'input'")
+    if use_identity and rng.integers(2) == 1:
+        return batch
+    lam = float(rng.beta(beta, beta))
+    order = torch.from_numpy(rng.permutation(batch["target"].shape[0])).to(batch["target"].device)
+    mixed = {k: lam * batch[k] + (1 - lam) * batch[k][order] for k in ("input", "target")}
+    return {**batch, **mixed}
+
+
 @torch.no_grad()
 def validate(model: nn.Module, task, dataset, device: torch.device, precision: str = "fp32", max_items: int | None = None) -> dict[str, float]:
     """Mean of the task's metrics over ``dataset`` (whole images, one at a time)."""
@@ -241,9 +294,10 @@ def validate(model: nn.Module, task, dataset, device: torch.device, precision: s
 
 
 def _autocast(device: torch.device, precision: str):
-    enabled = device.type == "cuda" and precision != "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a GPU; on the CPU use fp32 or bf16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
 
 
 def train(
@@ -296,10 +350,15 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     device = ctx.device
     model = build_model(cfg).to(device)
     train_set = build_dataset(cfg["data"]["train"])
+    layout = getattr(train_set, "batch_layout", None)
+    batch_sizes = {stage.get("batch_size", settings.batch_size) for stage in settings.stages or [{}]}
+    if layout is not None and batch_sizes != {len(layout)}:
+        raise ConfigError(f"data.train.batch_layout has {len(layout)} entries but the batch size is {sorted(batch_sizes)}; they must match")
     val_set = build_dataset(cfg["data"]["val"]) if cfg["data"].get("val") else None
     optimizer = build_optimizer(model, cfg.get("optimizer") or {"name": "Adam", "lr": 1e-4})
     scheduler = build_scheduler(optimizer, cfg.get("scheduler"))
-    precision = settings.precision if device.type == "cuda" else "fp32"
+    precision = settings.precision
+    _autocast(device, precision)  # refuses fp16 on the CPU before anything runs
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = LOSSES[settings.loss]
 
@@ -348,9 +407,14 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
             if index != stage_index:
                 stage_index = index
                 if hasattr(train_set, "set_patch_size"):
-                    train_set.set_patch_size(patch_size)
+                    train_set.set_patch_size(settings.crop_size)
                 loader_iter = iter(_loader(train_set, settings, batch_size, seed, samples_seen, ctx))
             batch = _to_device(next(loader_iter), device)
+            if patch_size and settings.crop_size and patch_size < settings.crop_size:
+                batch = random_window(batch, patch_size, batch_generator(seed, iteration, 0))
+            if settings.mixup:
+                batch = mixup(batch, float(settings.mixup["beta"]), bool(settings.mixup.get("use_identity", False)),
+                              batch_generator(seed, iteration, 1 + ctx.rank))
             with _autocast(device, precision):
                 pred = task.forward(net, batch)
             loss = loss_fn(pred.float(), batch["target"])
@@ -380,8 +444,10 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
                     metrics = validate(model, task, val_set, device, precision)
                     history.append({"iteration": iteration, "metrics": metrics})
                     key = task.primary_metric
-                    if not best or (metrics[key] > best[key]) == task.higher_is_better:
+                    if not best or (metrics[key] > best[key] if task.higher_is_better else metrics[key] < best[key]):
                         best = dict(metrics, iteration=iteration)
+                        save_weights(model, output_dir / "best.safetensors",
+                                     metadata={"iteration": str(iteration), key: repr(metrics[key])})
                     if writer:
                         for name, value in metrics.items():
                             writer.add_scalar(f"val/{name}", value, iteration)
@@ -407,7 +473,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         checkpoint()
     finished = iteration >= settings.total_iters
     if ctx.is_main and finished:
-        save_weights(model, output_dir / "model.safetensors")
+        save_weights(model, output_dir / "model.safetensors", metadata={"iteration": str(iteration)})
     ctx.barrier()
     # Only rank 0 writes; other ranks (perhaps on other nodes) just report where it is.
     weights = output_dir / "model.safetensors" if finished or not ctx.is_main else latest_checkpoint(output_dir)[0]
