@@ -12,8 +12,9 @@ from glmha.attention.glmha import gated_projection
         (384, 8, None, 0.5, 192),
         (31, 1, None, 0.5, 16),  # 15.5 rounds up
         (24, 8, None, 0.1, 8),  # at least one key per head
-        (96, 2, 49, 0.5, 50),  # an explicit rank is rounded to the head count too
-        (16, 2, 64, 0.5, 16),  # and capped at full rank
+        (96, 2, 50, None, 50),  # an explicit rank is taken as it is
+        (16, 2, 16, None, 16),  # up to full rank
+        (16, 2, None, None, 8),  # neither: rank_ratio 0.5
     ],
 )
 def test_rank_rounding(dim, heads, rank, ratio, expected):
@@ -21,6 +22,23 @@ def test_rank_rounding(dim, heads, rank, ratio, expected):
     layer = GLMHA(dim, heads, rank=rank, rank_ratio=ratio)
     assert (layer.dim, layer.num_heads, layer.rank) == (dim, heads, expected)
     assert layer.kv.out_channels == 2 * expected
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"rank": 64}, "rank 64 exceeds the 16 channels of this layer"),
+    ({"rank": 5}, "rank 5 is not a multiple of the layer's 2 heads; use 4 or 6"),
+    ({"rank": 8, "rank_ratio": 0.5}, "give rank or rank_ratio, not both"),
+    ({"calibration": "false"}, "calibration must be true or false, got 'false'"),
+    ({"gate_weights": 1}, "gate_weights must be true or false"),
+    ({"reduction": 2.5}, "reduction must be a positive integer"),
+])
+def test_options_that_would_change_silently_are_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        GLMHA(16, 2, **options)
+    with pytest.raises(ValueError, match=message):
+        from glmha.attention import SpectralGLMHA
+
+        SpectralGLMHA(16, 2, 8, **options)
 
 
 @pytest.mark.parametrize("bad", [{"rank_ratio": 0.0}, {"rank_ratio": 1.5}, {"rank": 0}, {"rank": 2.5}])

@@ -70,7 +70,7 @@ def attention_cost(
             params, macs = 4 * C * C + 27 * C + h, (4 * C * C + 2 * C * C // h + 27 * C) * N
             params += 7 * C if bias else 0
         elif name == "glmha":
-            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio"))
             params = 2 * C * C + 2 * r * C + 9 * C + 18 * r + h
             macs = (2 * C * C + 2 * r * C + 2 * C * r // h + 9 * C + 18 * r) * N
             if options.get("calibration", True):
@@ -78,7 +78,7 @@ def attention_cost(
                 params, macs = params + 2 * C * hidden, macs + 2 * C * hidden
             params += 3 * C + 4 * r if bias else 0
         elif name == "linformer":
-            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio"))
             params = 4 * C * C + 27 * C + h + 2 * r * C // h
             macs = (4 * C * C + 27 * C + 4 * C * r // h) * N
             params += 7 * C if bias else 0
@@ -103,7 +103,7 @@ def attention_cost(
         params = 3 * C * inner + 3 * linear_bias + h + inner * C + C + 18 * C
         macs = (3 * C * inner + 2 * inner * dim_head + inner * C + 18 * C) * N
     elif name == "glmha":
-        r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+        r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio"))
         params = C * C + 2 * r * C + (C + 2 * r if bias else 0) + h + C * C + C + 18 * C
         macs = (2 * C * C + 2 * r * C + 2 * C * r // h + 18 * C) * N
         if options.get("calibration", True):
@@ -113,7 +113,7 @@ def attention_cost(
         params = 4 * C * C + 3 * linear_bias + h + C + 18 * C
         macs = (4 * C * C + 18 * C) * N  # q, k, v and proj; the attention products below
         if name == "linformer":
-            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio", 0.5))
+            r = resolve_rank(C, h, options.get("rank"), options.get("rank_ratio"))
             params += 2 * r * dim_head
             macs += 4 * r * dim_head * N
         elif name == "performer":

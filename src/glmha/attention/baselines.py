@@ -190,7 +190,7 @@ class _ChannelAttention(nn.Module):
 class LinformerCSA(_ChannelAttention):
     """MDTA with Linformer's sequence projection; ``rank`` (summed over heads) or ``rank_ratio`` as GLMHA's."""
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = False, rank: int | None = None, rank_ratio: float = 0.5):
+    def __init__(self, dim: int, num_heads: int, bias: bool = False, rank: int | None = None, rank_ratio: float | None = None):
         super().__init__(dim, num_heads, bias)
         self.rank = resolve_rank(dim, num_heads, rank, rank_ratio)
         self.core = LinformerCore(num_heads, dim // num_heads, self.rank // num_heads)
@@ -263,7 +263,7 @@ class SpectralLinformer(_SpectralAttention):
     """S-MSA with Linformer's sequence projection (options as :class:`LinformerCSA`)."""
 
     def __init__(self, dim: int, num_heads: int, dim_head: int, mask_guided: bool = False, bias: bool = False,
-                 rank: int | None = None, rank_ratio: float = 0.5):
+                 rank: int | None = None, rank_ratio: float | None = None):
         super().__init__(dim, num_heads, dim_head, mask_guided, bias)
         self.rank = resolve_rank(dim, num_heads, rank, rank_ratio)
         self.core = LinformerCore(num_heads, dim_head, self.rank // num_heads)

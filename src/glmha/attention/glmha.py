@@ -20,21 +20,36 @@ from .csa import MaskGuidedMechanism, channel_attention
 from .registry import register_attention
 
 
-def resolve_rank(dim: int, num_heads: int, rank: int | None = None, rank_ratio: float = 0.5) -> int:
-    """Key/value length: ``rank`` or ``rank_ratio * dim``, rounded to a multiple of ``num_heads``.
+def resolve_rank(dim: int, num_heads: int, rank: int | None = None, rank_ratio: float | None = None) -> int:
+    """Key/value length: ``rank``, or ``rank_ratio * dim`` rounded to a multiple of ``num_heads``.
 
-    The result lies between ``num_heads`` (one key per head) and ``dim`` (full rank).
+    ``rank_ratio`` (default 0.5 when neither is given) yields between ``num_heads`` (one key per
+    head) and ``dim`` (full rank). An explicit ``rank`` is taken as it is, so it must be a
+    multiple of ``num_heads`` no larger than ``dim``; giving both is an error.
     """
+    if rank is not None and rank_ratio is not None:
+        raise ValueError(f"give rank or rank_ratio, not both (got rank={rank!r}, rank_ratio={rank_ratio!r})")
     if rank is None:
-        if not 0 < rank_ratio <= 1:
-            raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
-        target = rank_ratio * dim
-    else:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
-        target = rank
-    per_head = int(target / num_heads + 0.5)  # round half up, unlike round()
-    return min(max(per_head, 1), dim // num_heads) * num_heads
+        rank_ratio = 0.5 if rank_ratio is None else rank_ratio
+        if isinstance(rank_ratio, bool) or not isinstance(rank_ratio, (int, float)) or not 0 < rank_ratio <= 1:
+            raise ValueError(f"rank_ratio must be a number in (0, 1], got {rank_ratio!r}")
+        per_head = int(rank_ratio * dim / num_heads + 0.5)  # round half up, unlike round()
+        return min(max(per_head, 1), dim // num_heads) * num_heads
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if rank > dim:
+        raise ValueError(f"rank {rank} exceeds the {dim} channels of this layer; for models whose levels differ in width "
+                         "use rank_ratio, or per-layer ranks (glmha.analysis.eigen.apply_ranks)")
+    if rank % num_heads:
+        below, above = rank // num_heads * num_heads, -(-rank // num_heads) * num_heads
+        raise ValueError(f"rank {rank} is not a multiple of the layer's {num_heads} heads; use {below or above} or {above}")
+    return rank
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
+    return value
 
 
 class ChannelCalibration(nn.Module):
@@ -45,8 +60,8 @@ class ChannelCalibration(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 8):
         super().__init__()
-        if reduction < 1:
-            raise ValueError(f"reduction must be a positive integer, got {reduction}")
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(f"reduction must be a positive integer, got {reduction!r}")
         hidden = max(dim // reduction, 4)
         self.fc1 = nn.Linear(dim, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, dim, bias=False)
@@ -89,7 +104,7 @@ class GLMHA(nn.Module):
         num_heads: int,
         bias: bool = False,
         rank: int | None = None,
-        rank_ratio: float = 0.5,
+        rank_ratio: float | None = None,
         reduction: int = 8,
         calibration: bool = True,
         gate_weights: bool = True,
@@ -101,7 +116,8 @@ class GLMHA(nn.Module):
         self.num_heads = num_heads
         self.bias = bias
         self.rank = resolve_rank(dim, num_heads, rank, rank_ratio)
-        self.gate_weights = gate_weights
+        self.gate_weights = _check_flag("gate_weights", gate_weights)
+        _check_flag("calibration", calibration)
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
         self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
@@ -162,7 +178,7 @@ class SpectralGLMHA(nn.Module):
         mask_guided: bool = False,
         bias: bool = False,
         rank: int | None = None,
-        rank_ratio: float = 0.5,
+        rank_ratio: float | None = None,
         reduction: int = 8,
         calibration: bool = True,
         gate_weights: bool = True,
@@ -178,7 +194,8 @@ class SpectralGLMHA(nn.Module):
         self.dim_head = dim_head
         self.mask_guided = mask_guided
         self.rank = resolve_rank(dim, num_heads, rank, rank_ratio)
-        self.gate_weights = gate_weights
+        self.gate_weights = _check_flag("gate_weights", gate_weights)
+        _check_flag("calibration", calibration)
         self.to_q = nn.Linear(dim, dim, bias=bias)
         self.to_k = nn.Linear(dim, self.rank, bias=bias)
         self.to_v = nn.Linear(dim, self.rank, bias=bias)
