@@ -32,6 +32,9 @@ DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "cave": spectral.CAVETrainingCubes,
     "kaist": spectral.KAISTScenes,
     "synthetic_cassi": spectral.SyntheticCASSI,
+    "real_cassi_train": spectral.RealCASSITraining,
+    "real_cassi_scenes": spectral.RealCASSIScenes,
+    "synthetic_real_cassi": spectral.SyntheticRealCASSI,
 }
 
 
@@ -184,6 +187,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "real_denoising": lambda: RestorationTask("real_denoising", y_channel=False),
     "rgb_to_hsi": RGBToHSITask,
     "cassi": CASSITask,
+    "real_cassi": spectral.RealCASSITask,
 }
 
 
