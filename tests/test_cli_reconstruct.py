@@ -135,9 +135,9 @@ def test_real_measurement_errors(tmp_path, capsys):
     base = ["reconstruct", "--model", "mst_s_real", "--model-kwargs", json.dumps(REAL), "--checkpoint", str(checkpoint),
             "--output", str(tmp_path / "out")]
     assert main([*base, str(tmp_path / "meas.npy"), "--mask", str(tmp_path / "mask.npy")]) == 1
-    assert "measurement (16, 60) does not fit the 16x16 mask (expected 16x70)" in error_line(capsys.readouterr().err)
+    assert "measurement (16, 60) does not fit the 16x16 mask with 28 bands (expected 16x70)" in error_line(capsys.readouterr().err)
     assert main([*base, str(tmp_path / "cube.npy")]) == 1
-    assert "needs --mask to measure it" in error_line(capsys.readouterr().err)
+    assert "needs --mask to be measured" in error_line(capsys.readouterr().err)
     np.save(tmp_path / "meas.npy", np.zeros((16, 70), np.float32))
     assert main([*base, str(tmp_path / "meas.npy")]) == 1
     assert "zero everywhere" in error_line(capsys.readouterr().err)

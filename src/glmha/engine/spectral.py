@@ -194,13 +194,12 @@ def _mask_crop(mask: torch.Tensor, size: tuple[int, int], rng: np.random.Generat
     return mask[top:top + h, left:left + w]
 
 
-def _real_cassi_item(cube: np.ndarray, mask: torch.Tensor, rng: np.random.Generator, augment: bool,
-                     sensor: dict, name: str, step: int = 2) -> dict:
+def _real_cassi_item(cube: np.ndarray, mask: torch.Tensor, rng: np.random.Generator, augment: bool, sensor: dict, name: str) -> dict:
     """Crop the aperture, rotate/flip the cube (``augment``), and simulate the camera's noisy measurement."""
     aperture = _mask_crop(mask, cube.shape[-2:], rng)
     (target,) = _random_crop_and_augment([cube], None, augment, rng)
     generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-    measurement = cassi.real_measurement(target[None], aperture, step=step, generator=generator, **sensor)[0]
+    measurement = cassi.real_measurement(target[None], aperture, generator=generator, **sensor)[0]
     return {"input": measurement, "target": target, "mask": aperture, "name": name}
 
 
