@@ -91,3 +91,57 @@ def test_reconstruct_help_has_examples(capsys):
     with pytest.raises(SystemExit) as info:
         main(["reconstruct", "--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+REAL = {"dim": 4, "stage": 1, "num_blocks": [1, 1]}  # tiny, but the official 28 bands (660 x 714 measurements)
+
+
+def _real_reference(model, meas: np.ndarray) -> np.ndarray:
+    # The official real test: clip the measurement to [0, 1], scale it to a maximum of 0.8, clip the output.
+    y = np.clip(meas, 0, 1)
+    y = y / y.max() * 0.8
+    with torch.no_grad():
+        return model(torch.from_numpy(y).float()[None]).clamp(0, 1)[0].numpy()
+
+
+def test_real_measurements_to_cubes(tmp_path):
+    model = glmha.create_model("mst_s_real", **REAL).eval()
+    checkpoint = glmha.save_weights(model, tmp_path / "real.safetensors")
+    rng = np.random.default_rng(0)
+    (tmp_path / "Measurements").mkdir()
+    meas = rng.uniform(-0.05, 1.2, (660, 714))  # the official meas_real files: 660 x 714, v5
+    write_mat(tmp_path / "Measurements" / "scene1.mat", {"meas_real": meas}, version="5")
+    write_mat(tmp_path / "mask.mat", {"mask": rng.uniform(0, 1, (660, 660))}, version="5")
+    base = ["reconstruct", str(tmp_path / "Measurements"), "--model", "mst_s_real", "--model-kwargs", json.dumps(REAL),
+            "--checkpoint", str(checkpoint)]
+    assert main([*base, "--mask", str(tmp_path / "mask.mat"), "--output", str(tmp_path / "out")]) == 0
+    cube = read_mat(tmp_path / "out" / "scene1.mat", "cube")
+    assert cube.shape == (660, 660, 28)
+    np.testing.assert_allclose(cube.transpose(2, 0, 1), _real_reference(model, meas), atol=1e-5)
+
+    # Any size: no mask needed (the network does not use it); a 30 x 45 scene is not a multiple of 4.
+    small = rng.uniform(0, 0.7, (30, 45 + 54)).astype(np.float32)
+    np.save(tmp_path / "small.npy", small)
+    assert main([*base[:1], str(tmp_path / "small.npy"), *base[2:], "--output", str(tmp_path / "npy"), "--format", "npy"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "npy" / "small.npy"), _real_reference(model, small), atol=1e-5)
+
+
+def test_real_measurement_errors(tmp_path, capsys):
+    model = glmha.create_model("mst_s_real", **REAL)
+    checkpoint = glmha.save_weights(model, tmp_path / "real.safetensors")
+    np.save(tmp_path / "mask.npy", np.ones((16, 16), np.float32))
+    np.save(tmp_path / "meas.npy", np.ones((16, 60), np.float32))
+    np.save(tmp_path / "cube.npy", np.ones((28, 16, 16), np.float32))
+    base = ["reconstruct", "--model", "mst_s_real", "--model-kwargs", json.dumps(REAL), "--checkpoint", str(checkpoint),
+            "--output", str(tmp_path / "out")]
+    assert main([*base, str(tmp_path / "meas.npy"), "--mask", str(tmp_path / "mask.npy")]) == 1
+    assert "measurement (16, 60) does not fit the 16x16 mask with 28 bands (expected 16x70)" in error_line(capsys.readouterr().err)
+    assert main([*base, str(tmp_path / "cube.npy")]) == 1
+    assert "needs --mask to be measured" in error_line(capsys.readouterr().err)
+    np.save(tmp_path / "meas.npy", np.zeros((16, 70), np.float32))
+    assert main([*base, str(tmp_path / "meas.npy")]) == 1
+    assert "zero everywhere" in error_line(capsys.readouterr().err)
+    # a cube with the mask is measured first, then reconstructed like a measurement
+    assert main([*base, str(tmp_path / "cube.npy"), "--mask", str(tmp_path / "mask.npy"), "--format", "npy"]) == 0
+    meas = measure(torch.ones(1, 28, 16, 16), mask_3d(torch.ones(16, 16), 28))[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "cube.npy"), _real_reference(model.eval(), meas), atol=1e-5)

@@ -16,7 +16,11 @@ from .attention import list_attentions
 from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
 from .checkpoint import CheckpointError, load_checkpoint
 from .images import builtin_photographs, find_images, read_image, restore_files
-from .reconstruction import CUBE_FORMATS, MEASUREMENT_SUFFIXES, builtin_cassi_inputs, reconstruct_cassi_files, reconstruct_rgb_files
+from .models.mst_real import RealMST
+from .reconstruction import (
+    CUBE_FORMATS, MEASUREMENT_SUFFIXES, builtin_cassi_inputs, builtin_real_cassi_inputs, reconstruct_cassi_files,
+    reconstruct_real_cassi_files, reconstruct_rgb_files,
+)
 from .validation import InputError
 
 
@@ -186,7 +190,13 @@ def _run_rank(args: argparse.Namespace) -> None:
         raise CommandError(f"--share must be in (0, 1], got {args.share}")
     model = _model_from_args(args)
     channels = int(getattr(model, "in_channels", 3))
-    if getattr(model, "mask_guided", False):  # CASSI: measurements of built-in scenes
+    if isinstance(model, RealMST):  # real CASSI: simulated camera measurements of built-in scenes
+        if args.images:
+            raise CommandError(f"{args.model} reconstructs real CASSI measurements; glmha rank analyses it on built-in scenes, give no images")
+        if model.bands != 28:
+            raise CommandError(f"the built-in CASSI scenes have 28 bands, {args.model} takes {model.bands}")
+        images = builtin_real_cassi_inputs(args.num_images, args.size)
+    elif getattr(model, "mask_guided", False):  # CASSI: measurements of built-in scenes
         if args.images:
             raise CommandError(f"{args.model} reconstructs CASSI snapshots; glmha rank analyses it on built-in scenes, give no images")
         if channels != 28:
@@ -358,10 +368,10 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- reconstruct
 def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="RGB images, or with --mask CASSI measurements / cubes (.mat, .npy): files, folders or globs")
+    parser.add_argument("inputs", nargs="+", help="RGB images, or with --mask or a real-data model (mst_*_real) CASSI measurements / cubes (.mat, .npy): files, folders or globs")
     _add_model_arguments(parser, default_model=None, checkpoint_required=True)
-    parser.add_argument("--mask", default=None, help="CASSI coded aperture (.mat with variable 'mask', or .npy): reconstruct snapshots with MST")
-    parser.add_argument("--key", default=None, help="variable of the measurement in .mat inputs (default: meas, measurement, y; else a cube to measure)")
+    parser.add_argument("--mask", default=None, help="CASSI coded aperture (.mat with variable 'mask', or .npy): reconstruct snapshots with MST (optional for mst_*_real)")
+    parser.add_argument("--key", default=None, help="variable of the measurement in .mat inputs (default: meas, meas_real, measurement, y; else a cube to measure)")
     parser.add_argument("--output", required=True, help="folder for the cubes")
     parser.add_argument("--format", choices=CUBE_FORMATS, default="mat", help="mat (v7.3, 'cube', H x W x bands; default) or npy (bands x H x W)")
     parser.add_argument("--tile", type=int, default=None, help="RGB only: run large images in tiles of this side (a multiple of 8)")
@@ -371,21 +381,26 @@ def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
 def _run_reconstruct(args: argparse.Namespace) -> None:
     from .data.cassi import load_mask
 
-    cassi = args.mask is not None
-    args.model = args.model or ("mst_l" if cassi else "mst_plus_plus")
-    if cassi:
-        paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
+    def read_mask():
         try:
-            mask = load_mask(args.mask)
+            return load_mask(args.mask)
         except (ValueError, KeyError, OSError) as err:
             raise CommandError(f"cannot read the mask {args.mask}: {err}") from None
-        model = _model_from_args(args)
+
+    cassi = args.mask is not None
+    args.model = args.model or ("mst_l" if cassi else "mst_plus_plus")
+    model = _model_from_args(args)
+    if isinstance(model, RealMST):  # the raw measurement alone; a mask only checks sizes (or measures cubes)
+        paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
+        written, failed = reconstruct_real_cassi_files(model, paths, args.output, args.format, read_mask() if cassi else None, args.key)
+    elif cassi:
+        paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
+        mask = read_mask()
         if not getattr(model, "mask_guided", False):
-            raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l), not {args.model!r}")
+            raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l) or a real-data one (mst_s_real, ...), not {args.model!r}")
         written, failed = reconstruct_cassi_files(model, paths, mask, args.output, args.format, key=args.key)
     else:
         paths = find_images(args.inputs)
-        model = _model_from_args(args)
         if getattr(model, "mask_guided", False):
             raise CommandError(f"{args.model} reconstructs CASSI snapshots: pass the coded aperture with --mask")
         written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, args.tile, args.overlap)
@@ -420,7 +435,8 @@ COMMANDS = {
         "glmha reconstruct photos/ --checkpoint mst_plus_plus.pth --output cubes/\n"
         "  glmha reconstruct 'ARAD_1K_*.jpg' --checkpoint mst_plus_plus.pth --output cubes/ --format npy\n"
         "  glmha reconstruct measurements/ --mask mask.mat --model mst_l --checkpoint mst_l.pth --output cubes/\n"
-        "  glmha reconstruct Truth/scene01.mat --mask mask.mat --model mst_s --checkpoint mst_s.pth --output out/  # a cube: measured first",
+        "  glmha reconstruct Truth/scene01.mat --mask mask.mat --model mst_s --checkpoint mst_s.pth --output out/  # a cube: measured first\n"
+        "  glmha reconstruct TSA_real_data/Measurements/ --mask TSA_real_data/mask.mat --model mst_l_real --checkpoint mst_l_real.pth --output real/",
     ),
     "demo": (
         _add_demo,

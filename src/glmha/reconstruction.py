@@ -1,5 +1,8 @@
 """Spectral reconstruction of files for the command line: RGB images with MST++, CASSI measurements with MST.
 
+Real CASSI measurements (the official ``meas_real`` files, 660 x 714) go to the real-data MST
+(:class:`glmha.models.mst_real.RealMST`), normalised as the official real test code does.
+
 Cubes are written as ``.mat`` (MATLAB v7.3, variable ``cube``, ``H x W x bands`` as the
 NTIRE 2022 and KAIST files hold them) or ``.npy`` (``bands x H x W``, float32).
 """
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ from .validation import InputError
 CUBE_FORMATS = ("mat", "npy")
 MEASUREMENT_SUFFIXES = (".mat", ".npy")
 # Variable names tried, in order, for a CASSI measurement in a .mat file.
-MEASUREMENT_KEYS = ("meas", "measurement", "y", "Y")
+MEASUREMENT_KEYS = ("meas", "meas_real", "measurement", "y", "Y")
 
 
 def write_cube(path: str | os.PathLike, cube: torch.Tensor | np.ndarray, fmt: str = "mat") -> Path:
@@ -109,6 +112,46 @@ def reconstruct_rgb_files(
     return written, failed
 
 
+def _measurements(
+    paths: Iterable[Path], mask: torch.Tensor | None, bands: int, step: int, key: str | None, device: torch.device,
+    failed: list[str], progress: bool,
+) -> Iterator[tuple[Path, torch.Tensor]]:
+    """Each input as a measurement ``H x W'`` on ``device``, a 3-D cube measured through ``mask`` first.
+
+    With ``mask`` (``H x W``) every measurement must be ``H x (W + step (bands - 1))``. Inputs
+    that cannot be read or do not fit get a message in ``failed`` and are skipped.
+    """
+    from tqdm import tqdm
+
+    from .data.cassi import mask_3d, measure
+
+    if mask is not None and mask.dim() != 2:
+        raise InputError(f"the mask must be a 2-D H x W coded aperture, got shape {tuple(mask.shape)}")
+    mask3d = None if mask is None else mask_3d(mask, bands).to(device)
+    for path in tqdm(list(paths), desc="reconstructing", unit="file", disable=not progress):
+        try:
+            array = read_cassi_input(path, key)
+        except InputError as err:
+            failed.append(str(err))
+            continue
+        data = torch.from_numpy(array).to(device)
+        if data.dim() == 3:  # a scene cube: simulate its measurement
+            if mask is None:
+                failed.append(f"{path}: a cube {tuple(data.shape)} needs --mask to be measured")
+                continue
+            if tuple(data.shape) != (bands, *mask.shape):
+                failed.append(f"{path}: cube {tuple(data.shape)} does not match {bands} bands of the {mask.shape[0]}x{mask.shape[1]} mask")
+                continue
+            data = measure(data[None], mask3d, step)[0]
+        if mask is not None:
+            h, w = mask.shape
+            if tuple(data.shape) != (h, w + step * (bands - 1)):
+                failed.append(f"{path}: measurement {tuple(data.shape)} does not fit the {h}x{w} mask with {bands} bands "
+                              f"(expected {h}x{w + step * (bands - 1)})")
+                continue
+        yield path, data
+
+
 @torch.no_grad()
 def reconstruct_cassi_files(
     model: nn.Module,
@@ -126,39 +169,60 @@ def reconstruct_cassi_files(
     2 / bands) and the shifted 3-D mask ``Phi``. A measurement is ``H x (W + step (bands - 1))``
     for an ``H x W`` mask. Returns the written paths and one message per file that failed.
     """
-    from tqdm import tqdm
-
-    from .data.cassi import mask_3d, mask_input, measure, shift_back
+    from .data.cassi import mask_3d, mask_input, shift_back
 
     bands = int(model.out_channels)
     multiple = int(getattr(model, "size_multiple", 1))
     if mask.dim() != 2 or mask.shape[0] % multiple or mask.shape[1] % multiple:
         raise InputError(f"the mask must be H x W with both divisible by {multiple} for this model, got {tuple(mask.shape)}")
     device = next(model.parameters()).device
-    mask3d = mask_3d(mask, bands).to(device)
-    phi = mask_input(mask3d, "Phi", step)
-    h, w = mask.shape
+    phi = mask_input(mask_3d(mask, bands).to(device), "Phi", step)
     written, failed, used = [], [], set()
-    for path in tqdm(list(paths), desc="reconstructing", unit="file", disable=not progress):
-        try:
-            array = read_cassi_input(path, key)
-        except InputError as err:
-            failed.append(str(err))
-            continue
-        data = torch.from_numpy(array).to(device)
-        if data.dim() == 3:  # a scene cube: simulate its measurement
-            if tuple(data.shape) != (bands, h, w):
-                failed.append(f"{path}: cube {tuple(data.shape)} does not match {bands} bands of the {h}x{w} mask")
-                continue
-            data = measure(data[None], mask3d, step)[0]
-        if tuple(data.shape) != (h, w + step * (bands - 1)):
-            failed.append(f"{path}: measurement {tuple(data.shape)} does not fit the {h}x{w} mask with {bands} bands "
-                          f"(expected {h}x{w + step * (bands - 1)})")
-            continue
+    for path, data in _measurements(paths, mask, bands, step, key, device, failed, progress):
         x = shift_back(data[None] / bands * 2, bands=bands, step=step)
         cube = model(x, phi)
         written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
     return written, failed
+
+
+@torch.no_grad()
+def reconstruct_real_cassi_files(
+    model: nn.Module,
+    paths: Iterable[Path],
+    output_dir: str | os.PathLike,
+    fmt: str = "mat",
+    mask: torch.Tensor | None = None,
+    key: str | None = None,
+    progress: bool = True,
+) -> tuple[list[Path], list[str]]:
+    """Real CASSI measurements (or cubes, measured through ``mask`` first) to cubes with a real-data MST.
+
+    Each measurement (``H x (W + step (bands - 1))``, e.g. the official ``meas_real``, 660 x
+    714) is clipped to [0, 1] and scaled to a maximum of 0.8, and the output cube clipped to
+    [0, 1], as the official real test code does. The network does not use the coded aperture;
+    when ``mask`` is given, each measurement must fit it. Any size works. Returns the written
+    paths and one message per file that failed.
+    """
+    from .data.cassi import normalize_real_measurement
+
+    device = next(model.parameters()).device
+    written, failed, used = [], [], set()
+    for path, data in _measurements(paths, mask, int(model.bands), int(model.step), key, device, failed, progress):
+        try:
+            cube = model(normalize_real_measurement(data)[None]).clamp(0, 1)
+        except ValueError as err:  # InputError included: a measurement the model cannot take
+            failed.append(f"{path}: {err}")
+            continue
+        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+    return written, failed
+
+
+def builtin_real_cassi_inputs(count: int = 4, size: int = 64, seed: int = 0) -> list[tuple[torch.Tensor]]:
+    """Real-data MST inputs ``(y,)``: built-in 28-band scenes through crops of a random 660 x 660 aperture, with shot noise."""
+    from .engine.spectral import SyntheticRealCASSI
+
+    scenes = SyntheticRealCASSI(count=count, size=size, seed=seed)
+    return [(scenes[i]["input"][None],) for i in range(count)]
 
 
 def builtin_cassi_inputs(count: int = 4, size: int = 64, seed: int = 0, step: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,7 +4,8 @@ import torch
 
 import glmha
 from glmha.data.cassi import (
-    CASSI, load_mask, mask_3d, mask_input, measure, measurement_input, random_mask, shift, shift_back,
+    CASSI, load_mask, mask_3d, mask_input, measure, measurement_input, normalize_real_measurement, random_mask,
+    real_measurement, shift, shift_back, shot_noise,
 )
 from glmha.data.hyperspectral import write_mat
 
@@ -89,3 +90,58 @@ def test_cassi_module_feeds_mst_at_any_size():
         assert model(x, phi).shape == cube.shape
     with pytest.raises(ValueError, match="images 28 bands of 16x24"):
         cassi(torch.rand(1, 28, 16, 16))
+
+
+@pytest.mark.parametrize("signal", [0.01, 0.1234, 0.5, 1.7])
+def test_shot_noise_mean_and_variance_are_binomial(signal):
+    qe, bit, n_samples = 0.4, 2048, 200_000
+    photons = np.floor(signal * bit / qe)  # the official (input * bit / QE).astype(int)
+    mean, var = photons * qe / bit, photons * qe * (1 - qe) / bit**2  # Binomial(photons, qe) / bit
+    noisy = shot_noise(torch.full((n_samples,), signal, dtype=torch.float64), qe, bit,
+                       generator=torch.Generator().manual_seed(0)).numpy()
+    # Read-out: whole counts over the bit depth.
+    np.testing.assert_array_equal(noisy * bit, np.round(noisy * bit))
+    # Sample mean within 5 standard errors sqrt(var / N) of the binomial mean; sample variance
+    # within 5 standard errors of its own, var * sqrt(2 / (N - 1)) (a binomial with >= 20
+    # expected counts has excess kurtosis below 0.1, negligible next to 2). With the fixed seed
+    # the check is deterministic; for a fresh seed it would fail with probability ~1e-6.
+    assert abs(noisy.mean() - mean) < 5 * np.sqrt(var / n_samples)
+    assert abs(noisy.var(ddof=1) - var) < 5 * var * np.sqrt(2 / (n_samples - 1))
+    # The check has the power to tell binomial from Poisson counts (variance photons * qe / bit**2).
+    assert abs(noisy.var(ddof=1) - photons * qe / bit**2) > 20 * var * np.sqrt(2 / (n_samples - 1))
+
+
+def test_shot_noise_is_seeded_and_checks_its_input():
+    signal = torch.rand(6, 9)
+    first = shot_noise(signal, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, shot_noise(signal, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, shot_noise(signal, generator=torch.Generator().manual_seed(4)))
+    assert first.dtype == signal.dtype
+    with pytest.raises(ValueError, match="non-negative"):
+        shot_noise(-signal)
+    with pytest.raises(ValueError, match="quantum_efficiency must be in"):
+        shot_noise(signal, quantum_efficiency=1.5)
+
+
+def test_real_measurement_scales_as_the_official_training():
+    cube, mask = torch.rand(2, 28, 6, 8, dtype=torch.float64), random_mask(6, 8, seed=2).double()
+    # A detector that sees every photon (quantum efficiency 1) leaves only the read-out:
+    # floor(measurement / 28 * 2 * 1.2 * bit) / bit.
+    clean = measure(cube, mask_3d(mask, 28, batch=2)) / 28 * 2 * 1.2
+    out = real_measurement(cube, mask, quantum_efficiency=1.0, bit_depth=2048)
+    assert out.shape == (2, 6, 8 + 54)
+    torch.testing.assert_close(out, torch.floor(clean * 2048) / 2048, rtol=0, atol=1e-12)
+    # one aperture per sample
+    masks = torch.stack([mask, 1 - mask])
+    both = real_measurement(cube, masks, quantum_efficiency=1.0)
+    torch.testing.assert_close(both[1], real_measurement(cube[1:], 1 - mask, quantum_efficiency=1.0)[0])
+    with pytest.raises(ValueError, match="does not match the cube"):
+        real_measurement(cube, mask[:5])
+
+
+def test_normalize_real_measurement_as_the_official_test():
+    meas = torch.tensor([[-0.2, 0.3], [0.5, 1.4]])
+    # clipped to [0, 1], then divided by its maximum and times 0.8
+    torch.testing.assert_close(normalize_real_measurement(meas), torch.tensor([[0.0, 0.24], [0.4, 0.8]]))
+    with pytest.raises(ValueError, match="zero everywhere"):
+        normalize_real_measurement(-meas.abs())

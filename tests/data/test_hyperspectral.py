@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from glmha.data.hyperspectral import (
-    ARAD1K, CASSIPatches, CubeFolder, augment, load_cave_scenes, load_kaist_scenes, mosaic, read_cube, read_mat,
+    ARAD1K, CASSIPatches, CubeFolder, SceneFiles, augment, load_cave_scenes, load_kaist_scenes, mosaic, read_cube, read_mat,
     read_rgb, read_split, write_mat,
 )
 
@@ -130,6 +130,33 @@ def test_cave_and_kaist_v5(tmp_path):
     scipy.io.savemat(tmp_path / "cave" / "scene3.mat", {"hsi": counts})
     with pytest.raises(KeyError, match="scene3.mat has neither 'img_expand' nor 'img'"):
         load_cave_scenes(tmp_path / "cave")
+
+
+def test_scene_files_read_windows_of_v5_and_v73(tmp_path):
+    # CAVE_512_28 holds 16-bit counts (key data_slice, H x W x 28); KAIST_CVPR2021 values in [0, 1] (key HSI).
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 65536, (14, 18, 28)).astype(np.float64)
+    (tmp_path / "v5").mkdir()
+    (tmp_path / "v73").mkdir()
+    scipy.io.savemat(tmp_path / "v5" / "scene01.mat", {"data_slice": counts})
+    matlab_v73(tmp_path / "v73" / "scene01.mat", "data_slice", counts.astype(np.float32))
+    old, new = SceneFiles(tmp_path / "v5", "data_slice", 1 / 65535), SceneFiles(tmp_path / "v73", "data_slice", 1 / 65535)
+    assert old.shapes == new.shapes == [(28, 14, 18)] and len(old) == 1
+    expected = counts.transpose(2, 0, 1)[:, 3:10, 5:17] / 65535.0
+    for scenes in (old, new):
+        window = scenes.window(0, 3, 5, 7, 12)
+        assert window.shape == (28, 7, 12) and window.dtype == np.float32
+        np.testing.assert_allclose(window, expected, rtol=1e-6)
+    # values outside [0, 1] are clipped, as the official loaders do
+    hsi = rng.uniform(-0.5, 1.5, (6, 7, 28))
+    (tmp_path / "kaist").mkdir()
+    matlab_v73(tmp_path / "kaist" / "1.mat", "HSI", hsi.astype(np.float32))
+    window = SceneFiles(tmp_path / "kaist", "HSI").window(0, 0, 0, 6, 7)
+    np.testing.assert_allclose(window, np.clip(hsi, 0, 1).transpose(2, 0, 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="lies outside scene"):
+        old.window(0, 10, 0, 7, 7)
+    with pytest.raises(KeyError, match="no variable 'HSI'"):
+        SceneFiles(tmp_path / "v73", "HSI")
 
 
 def test_cassi_patches_crop_and_mosaic():

@@ -77,3 +77,26 @@ def test_restormer_recipe_schedule_and_stages():
     assert [settings.stage_at(i)[1:] for i in (0, 91999, 92000, 156000, 204000, 240000, 276000, 299999)] == [
         (128, 8), (128, 8), (160, 5), (192, 4), (256, 2), (320, 1), (384, 1), (384, 1)]
     assert cfg["train"]["grad_clip"] == 0.01 and cfg["optimizer"]["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_real_mst_recipe_is_the_official_one(size):
+    import bisect
+
+    cfg = load_config(CONFIGS / "mst" / f"mst_{size}_real_glmha.yaml")
+    assert cfg["model"] == {"name": f"mst_{size}_real", "attention": "glmha"}
+    assert cfg["task"] == "real_cassi" and cfg["data"]["train"]["crop_size"] == 384
+    assert cfg["optimizer"] == {"name": "Adam", "lr": 4e-4, "betas": [0.9, 0.999]}
+    settings = _settings(cfg)
+    assert (settings.loss, settings.batch_size) == ("l1", 1)
+    # Official: epochs 1..299 of 20000 // (384 // 96)**2 samples at batch 1; at the start of
+    # epoch e, MultiStepLR.step(e) sets lr = 4e-4 * 0.5 ** #(milestones <= e).
+    per_epoch = 20000 // (384 // 96) ** 2
+    assert cfg["data"]["train"]["length"] == per_epoch == 1250
+    assert settings.total_iters == 299 * per_epoch
+    official = [50, 100, 150, 200, 250]
+    ours = cfg["scheduler"]["milestones"]
+    assert cfg["scheduler"]["name"] == "MultiStepLR" and cfg["scheduler"]["gamma"] == 0.5
+    for epoch in range(1, 300):
+        for iteration in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):  # first and last of the epoch
+            assert bisect.bisect_right(ours, iteration) == bisect.bisect_right(official, epoch), (epoch, iteration)

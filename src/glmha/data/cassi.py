@@ -17,6 +17,14 @@ The network inputs of the official MST code are produced from a cube and the mas
 
 Everything works for any spatial size, band count and step; with the official 256 x 256 mask
 and 28 bands the measurement is 256 x 310. MST takes ``"H"`` and ``"Phi"``.
+
+Real data (the official MST ``real/`` code): the camera's coded aperture is 660 x 660 and its
+measurements 660 x 714. For training, :func:`real_measurement` simulates what that camera
+records: the measurement of a cube, scaled by ``gain * 2 / bands`` (``gain`` 1.2), then
+binomial shot noise (:func:`shot_noise`, quantum efficiency 0.4, 2048 grey levels). A
+recorded measurement is fed to the network as :func:`normalize_real_measurement` makes it:
+clipped to [0, 1], then scaled so that its maximum is 0.8. The real-data MST takes that
+measurement alone (:class:`glmha.models.mst_real.RealMST`).
 """
 from __future__ import annotations
 
@@ -33,18 +41,29 @@ __all__ = [
     "CASSI",
     "MASK_SETTINGS",
     "MEASUREMENT_SETTINGS",
+    "REAL_BIT_DEPTH",
+    "REAL_GAIN",
+    "REAL_QUANTUM_EFFICIENCY",
     "load_mask",
     "mask_3d",
     "mask_input",
     "measure",
     "measurement_input",
+    "normalize_real_measurement",
     "random_mask",
+    "real_measurement",
     "shift",
     "shift_back",
+    "shot_noise",
 ]
 
 MEASUREMENT_SETTINGS = ("H", "HM", "Y")
 MASK_SETTINGS = ("Phi", "Phi_PhiPhiT", "Mask")
+# The sensor model of the official real-data training code.
+REAL_GAIN = 1.2
+REAL_QUANTUM_EFFICIENCY = 0.4
+REAL_BIT_DEPTH = 2048
+REAL_PEAK = 0.8  # the maximum of a normalised real measurement
 
 
 def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
@@ -154,6 +173,66 @@ def mask_input(mask3d: torch.Tensor, setting: str = "Phi", step: int = 2) -> tor
         return phi
     phi_s = phi.square().sum(dim=1)
     return phi, torch.where(phi_s == 0, torch.ones_like(phi_s), phi_s)
+
+
+def shot_noise(
+    signal: torch.Tensor,
+    quantum_efficiency: float = REAL_QUANTUM_EFFICIENCY,
+    bit_depth: int = REAL_BIT_DEPTH,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Photon shot noise of a detector with ``bit_depth`` grey levels per unit signal.
+
+    ``signal`` (>= 0, in units of the full scale) stands for ``n = floor(signal * bit_depth /
+    quantum_efficiency)`` photons; each is detected with probability ``quantum_efficiency``,
+    and the count is read out as ``count / bit_depth``. So the result has mean
+    ``n * qe / bit_depth`` (``signal`` up to one grey level) and variance
+    ``n * qe * (1 - qe) / bit_depth**2``. Drawn from ``generator`` on the signal's device.
+    """
+    if not 0.0 < quantum_efficiency <= 1.0:
+        raise ValueError(f"quantum_efficiency must be in (0, 1], got {quantum_efficiency}")
+    if bit_depth < 1:
+        raise ValueError(f"bit_depth must be positive, got {bit_depth}")
+    if bool((signal < 0).any()):
+        raise ValueError("shot noise needs a non-negative signal")
+    photons = torch.floor(signal.double() * bit_depth / quantum_efficiency)
+    counts = torch.binomial(photons, torch.full_like(photons, quantum_efficiency), generator=generator)
+    return (counts / bit_depth).to(signal.dtype)
+
+
+def real_measurement(
+    cube: torch.Tensor,
+    mask: torch.Tensor,
+    step: int = 2,
+    gain: float = REAL_GAIN,
+    quantum_efficiency: float = REAL_QUANTUM_EFFICIENCY,
+    bit_depth: int = REAL_BIT_DEPTH,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The noisy measurement the real-data MST trains on: ``B x H x (W + step (C-1))``.
+
+    ``measure(cube, mask) / C * 2 * gain`` with :func:`shot_noise`, as the official real-data
+    training code simulates its camera. ``cube`` is ``B x C x H x W``, ``mask`` the ``H x W``
+    coded aperture (or a ``B x H x W`` stack, one per sample).
+    """
+    _check_cube(cube)
+    bands = cube.shape[1]
+    if mask.dim() == 2:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 3 or tuple(mask.shape[-2:]) != tuple(cube.shape[-2:]) or mask.shape[0] not in (1, cube.shape[0]):
+        raise ValueError(f"the coded aperture {tuple(mask.shape)} does not match the cube {tuple(cube.shape)} (H x W)")
+    # In float64, as the official numpy code, so that the photon counts are floored alike.
+    meas = measure(cube.double(), mask.unsqueeze(1).expand(-1, bands, -1, -1).double(), step)
+    return shot_noise(meas / bands * 2 * gain, quantum_efficiency, bit_depth, generator).to(cube.dtype)
+
+
+def normalize_real_measurement(meas: torch.Tensor, peak: float = REAL_PEAK) -> torch.Tensor:
+    """A recorded measurement as the official real-data test code feeds it: clipped to [0, 1], then scaled to maximum ``peak``."""
+    meas = meas.clamp(0, 1)
+    top = meas.amax()
+    if not bool(top > 0):
+        raise ValueError("the measurement is zero everywhere (after clipping to [0, 1]); nothing to reconstruct")
+    return meas / top * peak
 
 
 class CASSI(nn.Module):

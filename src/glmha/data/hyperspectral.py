@@ -10,6 +10,9 @@ File formats, as the official MST++ and MST code read them:
   key ``img_expand`` or ``img``, 16-bit counts scaled by 1/65536; KAIST
   ``TSA_simu_data/Truth/scene*.mat``, key ``img``, already in [0, 1]).
 - ``.npy`` cubes of the user's own data.
+- Real-data MST training scenes (:class:`SceneFiles`): CAVE ``CAVE_512_28/*.mat`` (key
+  ``data_slice``, 512 x 512 x 28, 16-bit counts scaled by 1/65535) and KAIST
+  ``KAIST_CVPR2021/*.mat`` (key ``HSI``, 2704 x 3376 x 28, in [0, 1]), both clipped to [0, 1].
 
 Cubes are returned as float32 ``C x H x W`` (bands first), RGB images as float32
 ``3 x H x W``. NTIRE RGB images are min-max normalised per image to [0, 1], as the official
@@ -35,6 +38,7 @@ __all__ = [
     "CASSIPatches",
     "CUBE_KEYS",
     "CubeFolder",
+    "SceneFiles",
     "augment",
     "cube_patch_grid",
     "load_cave_scenes",
@@ -51,6 +55,7 @@ __all__ = [
 # Keys tried, in order, when a cube file is read without naming one.
 CUBE_KEYS = ("cube", "img_expand", "img", "rad", "hsi", "data")
 CAVE_SCALE = 1.0 / 65536.0
+REAL_CAVE_SCALE = 1.0 / 65535.0  # the real-data training code divides CAVE_512_28 by 65535
 
 
 def _mat_is_hdf5(path: Path) -> bool:
@@ -372,6 +377,60 @@ def load_kaist_scenes(folder: str | os.PathLike) -> torch.Tensor:
     if len(shapes) != 1:
         raise ValueError(f"KAIST scenes in {folder} differ in shape: {sorted(shapes)}")
     return torch.from_numpy(np.stack(cubes))
+
+
+class SceneFiles:
+    """The ``.mat`` scenes of a folder (variable ``key``, ``H x W x C`` in MATLAB's order), read window by window.
+
+    MATLAB v7.3 files are read from disk one window at a time (h5py slicing), so scenes as
+    large as KAIST's take no memory; older files are loaded whole when the object is made, as
+    the official loaders do. Values are the stored numbers times ``scale``, clipped to
+    [0, 1], as the official real-data training code prepares CAVE and KAIST.
+    """
+
+    def __init__(self, folder: str | os.PathLike, key: str, scale: float = 1.0, what: str = "scenes"):
+        self.paths = _mat_files(folder, what)
+        self.key, self.scale = key, scale
+        self.shapes: list[tuple[int, int, int]] = []  # C x H x W per scene
+        self._loaded: dict[int, np.ndarray] = {}
+        for i, path in enumerate(self.paths):
+            if _mat_is_hdf5(path):
+                self.shapes.append(self._hdf5_shape(path))
+            else:
+                cube = read_cube(path, key, layout="hwc")
+                self._loaded[i] = self._prepare(cube)
+                self.shapes.append(cube.shape)
+
+    def _hdf5_shape(self, path: Path) -> tuple[int, int, int]:
+        import h5py
+
+        with h5py.File(path, "r") as mat:
+            if self.key not in mat:
+                raise KeyError(f"{path} has no variable {self.key!r}; it holds {sorted(k for k in mat.keys() if not k.startswith('#'))}")
+            shape = mat[self.key].shape  # stored reversed: C x W x H
+        if len(shape) != 3:
+            raise ValueError(f"{path}: a hyperspectral cube must be 3-D, got shape {tuple(reversed(shape))}")
+        return shape[0], shape[2], shape[1]
+
+    def _prepare(self, cube: np.ndarray) -> np.ndarray:
+        cube = cube * np.float32(self.scale) if self.scale != 1.0 else cube
+        return np.clip(cube, 0.0, 1.0, out=cube)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def window(self, index: int, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """Rows ``top:top+height`` and columns ``left:left+width`` of scene ``index``, float32 ``C x height x width``."""
+        _, h, w = self.shapes[index]
+        if top < 0 or left < 0 or top + height > h or left + width > w:
+            raise ValueError(f"window {height}x{width} at ({top}, {left}) lies outside scene {self.paths[index]} ({h}x{w})")
+        if index in self._loaded:
+            return self._loaded[index][:, top:top + height, left:left + width].copy()
+        import h5py
+
+        with h5py.File(self.paths[index], "r") as mat:
+            window = mat[self.key][:, left:left + width, top:top + height]  # C x w x h
+        return self._prepare(np.ascontiguousarray(window.transpose(0, 2, 1), dtype=np.float32))
 
 
 def mosaic(quarters: Sequence[np.ndarray]) -> np.ndarray:

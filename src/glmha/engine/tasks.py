@@ -34,6 +34,9 @@ DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "cave": spectral.CAVETrainingCubes,
     "kaist": spectral.KAISTScenes,
     "synthetic_cassi": spectral.SyntheticCASSI,
+    "real_cassi_train": spectral.RealCASSITraining,
+    "real_cassi_scenes": spectral.RealCASSIScenes,
+    "synthetic_real_cassi": spectral.SyntheticRealCASSI,
 }
 
 
@@ -182,6 +185,24 @@ class CASSITask:
         return score_batch(self.protocol, pred, batch["target"])
 
 
+class RealCASSITask(CASSITask):
+    """Real-data CASSI reconstruction (the real-data MST): the network takes the dataset's noisy
+    measurement ``input`` alone; scored as :class:`CASSITask` (both official CASSI protocols)."""
+
+    name = "real_cassi"
+
+    def __init__(self):
+        pass
+
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["input"])
+
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+        if tile:
+            raise ValueError("CASSI reconstruction runs on whole measurements; tiled inference does not apply")
+        return model(batch["input"])
+
+
 def _check_protocol(task, protocol: str | None) -> None:
     if protocol not in (None, task.protocol):
         raise ValueError(f"the {task.name} task is scored with the {task.protocol!r} protocol, not {protocol!r}")
@@ -195,6 +216,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "real_denoising": lambda protocol="sidd": RestorationTask("real_denoising", protocol),
     "rgb_to_hsi": RGBToHSITask,
     "cassi": CASSITask,
+    "real_cassi": RealCASSITask,
 }
 
 

@@ -114,6 +114,8 @@ class MST(nn.Module):
     (a second stride-2 conv per level) and feeds it to the attention's mask-guided mechanism,
     and the embedding is followed by a leaky ReLU (slope 0.1), as in the official MST. MST++
     uses this network with ``mask_guided=False`` and no activation after the embedding.
+    ``embedding_activation`` sets the leaky ReLU on its own (default: ``mask_guided``); the
+    real-data MST (:mod:`glmha.models.mst_real`) has it without the mask.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class MST(nn.Module):
         mask_guided: bool = True,
         attention: str = "csa",
         attention_kwargs: dict | None = None,
+        embedding_activation: bool | None = None,
     ):
         super().__init__()
         if len(num_blocks) != stage + 1:
@@ -137,6 +140,7 @@ class MST(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.mask_guided = mask_guided
+        self.embedding_activation = mask_guided if embedding_activation is None else embedding_activation
         self.size_multiple = 2**stage
         self.attention = attention
 
@@ -193,8 +197,12 @@ class MST(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(x, mask)
+        return self.refine(x, mask)
+
+    def refine(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-shaped network and the global skip on checked inputs: ``mapping(...) + x``."""
         fea = self.embedding(x)
-        if self.mask_guided:
+        if self.embedding_activation:
             fea = self.lrelu(fea)
         skips, masks = [], []
         for level in self.encoder_layers:
