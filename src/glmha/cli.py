@@ -366,6 +366,34 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(f"\n{result.table}\n\nreport: {result.report_md} and {result.report_html} ({result.seconds / 60:.1f} min)")
 
 
+# --------------------------------------------------------------------------- study
+def _add_study(parser: argparse.ArgumentParser) -> None:
+    from .demo import BUDGETS
+    from .study import DEFAULT_TASKS, DEFAULT_VARIANTS
+
+    parser.add_argument("--output", default="glmha-study", help="study folder (default: glmha-study); an existing one is resumed")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+                        help=f"built-in tasks (default: {' '.join(DEFAULT_TASKS)}; also real_cassi)")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        help="attentions and options, e.g. csa glmha glmha:rank_ratio=0.25 glmha:calibration=false glmha:ranks=suggest")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0 .. N-1 (default: 3)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="the demo's training budgets (default: default)")
+    parser.add_argument("--reference", default=None, help="the variant differences are taken against (default: the first)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def _run_study(args: argparse.Namespace) -> None:
+    from .study import run_study
+
+    if args.seeds < 1:
+        raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
+    try:
+        result = run_study(args.output, args.tasks, args.variants, args.seeds, args.budget, args.device, args.reference)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print(f"\n{result.markdown.read_text()}\nwritten: {result.markdown}, {result.json}, {result.figure} ({result.seconds / 60:.1f} min)")
+
+
 # --------------------------------------------------------------------------- reconstruct
 def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="RGB images, or with --mask or a real-data model (mst_*_real) CASSI measurements / cubes (.mat, .npy): files, folders or globs")
@@ -443,6 +471,13 @@ COMMANDS = {
         _run_demo,
         "train the CSA and the GLMHA version of small models side by side on built-in data; write a report",
         "glmha demo\n  glmha demo --budget tiny --output /tmp/demo\n  glmha demo --budget long --device cuda --tasks deraining",
+    ),
+    "study": (
+        _add_study,
+        _run_study,
+        "train attention variants side by side over seeds on built-in tasks; means, spreads and paired differences",
+        "glmha study\n  glmha study --tasks deraining --variants csa glmha glmha:rank_ratio=0.25 --seeds 5\n"
+        "  glmha study --budget tiny --output /tmp/study  # seconds, for a try",
     ),
     "complexity": (
         _add_complexity,

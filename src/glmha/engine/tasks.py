@@ -194,13 +194,8 @@ class RealCASSITask(CASSITask):
     def __init__(self):
         pass
 
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["input"])
-
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
-        if tile:
-            raise ValueError("CASSI reconstruction runs on whole measurements; tiled inference does not apply")
-        return model(batch["input"])
+    def inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple:
+        return (batch["input"],)
 
 
 def _check_protocol(task, protocol: str | None) -> None:

@@ -310,6 +310,7 @@ def train(
     max_steps: int | None = None,
     time_budget_s: float | None = None,
     device: str | torch.device | None = None,
+    model: nn.Module | None = None,
 ) -> TrainResult:
     """Train the experiment described by ``config`` (a YAML path or a dict).
 
@@ -324,6 +325,9 @@ def train(
         time_budget_s: stop (with a checkpoint) once this many seconds of training have passed.
         device: force a device (default: this process's GPU under torchrun, else CUDA if
             available, else CPU).
+        model: train this model, already built and initialised (e.g. with per-layer ranks a
+            config cannot express), instead of building ``config["model"]``; trained in place.
+            A resumed run loads its checkpoint into it.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; rank 0 validates and
     writes, the others train their share of each global batch.
@@ -335,12 +339,13 @@ def train(
     seed = int(cfg.get("seed", 0))
     ctx = init_distributed(device)
     try:
-        return _train(cfg, settings, task, output_dir, seed, ctx, resume, max_steps, time_budget_s)
+        return _train(cfg, settings, task, output_dir, seed, ctx, resume, max_steps, time_budget_s, model)
     finally:
         ctx.close()
 
 
-def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, resume, max_steps, time_budget_s) -> TrainResult:
+def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, resume, max_steps, time_budget_s,
+           model: nn.Module | None = None) -> TrainResult:
     torch.manual_seed(seed)  # same initial weights on every rank
     random.seed(seed)
     np.random.seed(seed)
@@ -348,7 +353,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     device = ctx.device
-    model = build_model(cfg).to(device)
+    model = (build_model(cfg) if model is None else model).to(device)
     train_set = build_dataset(cfg["data"]["train"])
     layout = getattr(train_set, "batch_layout", None)
     batch_sizes = {stage.get("batch_size", settings.batch_size) for stage in settings.stages or [{}]}
