@@ -287,15 +287,15 @@ def restore(
     while True:
         try:
             return _restore_tiled(model, x, chosen, overlap, pad_mode, precision, progress, device, multiple)
-        except torch.OutOfMemoryError:
-            if device.type != "cuda":
-                raise
-            torch.cuda.empty_cache()
+        except torch.OutOfMemoryError:  # raised by the accelerators' allocators (CUDA and others), not the CPU's
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             previous = chosen or max(h, w)
             chosen = previous // 2 // multiple * multiple
             if chosen <= overlap:
                 raise
-            log.warning("CUDA out of memory with %s; retrying with tiles of %d", f"tiles of {previous}" if previous != max(h, w) else "the whole image", chosen)
+            what = "the whole image" if previous == max(h, w) else f"tiles of {previous}"
+            log.warning("%s out of memory with %s; retrying with tiles of %d", device.type.upper(), what, chosen)
 
 
 def _restore_tiled(model, x, tile, overlap, pad_mode, precision, progress, device, multiple) -> torch.Tensor:
