@@ -212,7 +212,7 @@ def reconstruct_rgb_files(
             failed.append(str(err))
             continue
         cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress, cost=cost)
-        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube.clamp_(0, 1), fmt, wavelengths, preview))
+        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube.clamp(0, 1), fmt, wavelengths, preview))
     return written, failed
 
 
