@@ -80,3 +80,10 @@ def test_preset_table_lists_every_file_and_command():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'derain'; available"):
         get_preset("derain")
+
+
+def test_readme_has_the_preset_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert preset_table() in readme

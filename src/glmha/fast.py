@@ -29,6 +29,9 @@ from torch import nn
 from .validation import check_image_batch
 
 SCOPES = ("blocks", "model")
+# Graphs one block function may hold under scope="blocks": a Restormer has 5 block shapes per
+# input size, so this allows a dozen input sizes or models in one process.
+BLOCK_RECOMPILE_LIMIT = 64
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
@@ -49,6 +52,7 @@ class FastModel(nn.Module):
         inference: bool,
         autocast_dtype: torch.dtype | None,
         compiled: bool,
+        compiled_regions: list[tuple[nn.Module, Callable[..., Any]]] | None = None,
     ):
         super().__init__()
         self.module = module
@@ -57,6 +61,9 @@ class FastModel(nn.Module):
         self.inference = inference
         self.autocast_dtype = autocast_dtype
         self.compiled = compiled
+        # (block, its compiled call): switched on only while this wrapper runs, so the model
+        # itself stays as it was (plain, eager) when called directly
+        self._compiled_regions = list(compiled_regions or [])
         self.training = module.training  # the wrapper starts in the model's mode
 
     # The attributes the rest of the package reads off a model.
@@ -104,6 +111,8 @@ class FastModel(nn.Module):
                 stack.enter_context(torch.inference_mode())
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(device_type, dtype=self.autocast_dtype))
+            if self._compiled_regions:
+                stack.enter_context(_regions_compiled(self._compiled_regions))
             out = self._forward(*inputs)
             if isinstance(out, torch.Tensor):
                 if self.autocast_dtype is not None and isinstance(inputs[0], torch.Tensor):
@@ -111,6 +120,22 @@ class FastModel(nn.Module):
                 if return_contiguous and out.dim() == 4:
                     out = out.contiguous()
         return out
+
+
+@contextlib.contextmanager
+def _regions_compiled(regions: list[tuple[nn.Module, Callable[..., Any]]]):
+    # nn.Module.__call__ runs ``_compiled_call_impl`` when it is set (what nn.Module.compile
+    # sets for good); here it is set for the duration of one call. Blocks share their code, so
+    # each block shape (and each model in the process) is one cache entry of the same function:
+    # more than Dynamo's default limit of 8.
+    try:
+        for region, compiled in regions:
+            region._compiled_call_impl = compiled
+        with torch._dynamo.config.patch(recompile_limit=BLOCK_RECOMPILE_LIMIT):
+            yield
+    finally:
+        for region, _ in regions:
+            region._compiled_call_impl = None
 
 
 def _is_plain_image(x: Any) -> bool:
@@ -161,9 +186,10 @@ def optimize(
         compile_mode: passed to ``torch.compile`` as ``mode`` (e.g. ``"max-autotune"``).
         compile_backend: ``torch.compile``'s backend; ``"eager"`` only captures the graph
             (quick: it checks for graph breaks without generating code).
-        scope: ``"blocks"`` (default): compile, in place (``nn.Module.compile``), each module
-            that holds an attention layer and is called as a unit (:func:`compile_regions`);
-            the rest runs eagerly. ``"model"``: the whole forward as one graph, with freezing.
+        scope: ``"blocks"`` (default): compile each module that holds an attention layer and
+            is called as a unit (:func:`compile_regions`), used while the wrapper runs (the
+            model called directly stays eager); the rest runs eagerly. ``"model"``: the whole
+            forward as one graph, with freezing.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -176,11 +202,13 @@ def optimize(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     forward: Callable[..., Any] = model
     regions = compile_regions(model) if compile and scope == "blocks" else []
+    compiled_regions = []
     if regions:
         if freeze:
             raise ValueError("freeze=True needs scope='model' (blocks of one shape share a graph, with the weights as inputs)")
-        for region in regions:  # in place, as nn.Module.compile: same-shaped blocks share one graph
-            region.compile(fullgraph=fullgraph, mode=compile_mode, backend=compile_backend)
+        for region in regions:  # as nn.Module.compile does, but kept by the wrapper: same-shaped blocks share one graph
+            compiled_regions.append((region, torch.compile(
+                region._call_impl, fullgraph=fullgraph, dynamic=False, mode=compile_mode, backend=compile_backend)))
     elif compile:
         inductor = compile_backend == "inductor"
         if freeze is None:
@@ -193,7 +221,7 @@ def optimize(
         )
     elif freeze:
         raise ValueError("freeze=True needs compile=True (freezing is an Inductor compile option)")
-    return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile)
+    return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile, compiled_regions=compiled_regions)
 
 
 def compile_regions(model: nn.Module) -> list[nn.Module]:
