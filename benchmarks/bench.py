@@ -152,6 +152,7 @@ class Settings:
     warmup: int
     repeats: int
     compile: bool
+    compile_scope: str = "blocks"
 
 
 def autocast_context(settings: Settings):
@@ -288,7 +289,7 @@ def bench_models(args, settings: Settings, attentions: list[str]) -> list[dict]:
                 # model as it was, so that both are timed as a user would run them.
                 fast_model = glmha.create_model(name, attention=attention, **kwargs).to(settings.device).eval()
                 fast_model.load_state_dict(model.state_dict())
-                fast = glmha.optimize(fast_model, compile=settings.compile, autocast=settings.autocast)
+                fast = glmha.optimize(fast_model, compile=settings.compile, autocast=settings.autocast, scope=settings.compile_scope)
                 with torch.no_grad():
                     reference = fns[f"{attention}/plain"]()
                 start = time.perf_counter()
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True, help="time the fast path too (models)")
     p.add_argument("--fast-attentions", nargs="+", help="attentions to run the fast path for (default: all)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile in the fast path")
+    p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks", help="glmha.optimize's scope: each attention block (default) or the whole model")
     p.add_argument("--train", choices=["all", "layers", "none"], default="all", help="time training steps for layers and models, layers only, or none")
     p.add_argument("--autocast", choices=["none", "bfloat16", "float16"], help="default: bfloat16 on CUDA, none on CPU")
     p.add_argument("--warmup", type=int, default=1)
@@ -576,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         compile=args.compile,
+        compile_scope=args.compile_scope,
     )
     machine = machine_description(device, torch.get_num_threads())
     print(f"# {machine}; autocast {autocast}; clock {args.clock}; warmup {args.warmup}, repeats {args.repeats}", flush=True)

@@ -87,3 +87,110 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write(target, failing_writer)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+# ----------------------------------------------------------------------------- self-describing files
+TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 2, 2]}
+
+
+def _same_outputs(a, b, *inputs):
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(*inputs), b.eval()(*inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, kwargs, attention, attention_kwargs", [
+    ("restormer", TINY, "csa", {}),
+    ("restormer", {**TINY, "layer_norm_type": "BiasFree", "bias": True}, "glmha", {"rank_ratio": 0.25, "calibration": False}),
+    ("mst_plus_plus", {"stage": 1}, "glmha", {}),
+    ("mst_s", {"num_blocks": [1, 1, 1]}, "linformer", {}),
+])
+def test_save_model_then_load_model_rebuilds_alone(tmp_path, name, kwargs, attention, attention_kwargs):
+    model = glmha.create_model(name, attention=attention, attention_kwargs=attention_kwargs, **kwargs)
+    path = glmha.save_model(model, tmp_path / "m.safetensors")
+    meta = glmha.checkpoint.read_metadata(path)
+    assert meta["glmha.version"] == glmha.__version__
+    loaded = glmha.load_model(path)
+    assert loaded.spec == model.spec and not loaded.training
+    _same_outputs(model, loaded, *model.example_inputs(16, 24))
+
+
+def test_swap_attention_and_apply_ranks_update_the_record(tmp_path):
+    from glmha.analysis.eigen import apply_ranks
+
+    model = glmha.create_model("restormer", **TINY)
+    glmha.swap_attention(model, "glmha", init="svd", rank_ratio=0.5)
+    assert (model.spec.attention, model.spec.attention_kwargs) == ("glmha", {"rank_ratio": 0.5})
+    glmha.swap_attention(model, "csa")
+    apply_ranks(model, {"encoder_level1.0.attn": 4, "latent.0.attn": 8})
+    assert model.spec.attention == "csa" and model.spec.layers == {
+        "encoder_level1.0.attn": {"attention": "glmha", "attention_kwargs": {"rank": 4}},
+        "latent.0.attn": {"attention": "glmha", "attention_kwargs": {"rank": 8}},
+    }
+    loaded = glmha.load_model(glmha.save_model(model, tmp_path / "ranks.safetensors"))
+    assert loaded.encoder_level1[0].attn.rank == 4 and loaded.latent[0].attn.rank == 8
+    assert type(loaded.encoder_level2[0].attn).__name__ == "MDTA"
+    _same_outputs(model, loaded, torch.rand(1, 3, 16, 16))
+
+
+def test_training_weights_record_the_model(tmp_path):
+    # save_weights (what the trainer calls) records the build of a create_model model too
+    model = glmha.create_model("restormer", **TINY)
+    save_weights(model, tmp_path / "w.safetensors", metadata={"iteration": "7"})
+    meta = glmha.checkpoint.read_metadata(tmp_path / "w.safetensors")
+    assert meta["iteration"] == "7" and "glmha.model" in meta
+    assert glmha.load_model(tmp_path / "w.safetensors").spec == model.spec
+    fast = glmha.optimize(glmha.create_model("restormer", **TINY), compile=False)  # a wrapped model saves its own record
+    assert glmha.load_model(glmha.save_model(fast, tmp_path / "fast.safetensors")).spec == fast.module.spec
+
+
+def test_run_folder_means_its_final_weights_else_its_newest_checkpoint(tmp_path):
+    model = glmha.create_model("restormer", **TINY)
+    for iteration in (2, 10):
+        torch.nn.init.constant_(model.output.weight, float(iteration))
+        save_weights(model, tmp_path / "checkpoints" / f"iter_{iteration:08d}.safetensors")
+    assert glmha.load_model(tmp_path).output.weight.flatten()[0] == 10
+    torch.nn.init.constant_(model.output.weight, 99.0)
+    save_weights(model, tmp_path / "model.safetensors")
+    assert glmha.load_model(tmp_path).output.weight.flatten()[0] == 99
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        glmha.load_model(tmp_path / "checkpoints")
+
+
+def test_arguments_that_contradict_the_record_show_both(tmp_path):
+    path = glmha.save_model(glmha.create_model("restormer", attention="glmha", attention_kwargs={"rank_ratio": 0.5}, **TINY), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        glmha.load_model(path, attention="csa", dim=16)
+    message = str(info.value)
+    assert "records restormer, attention glmha" in message and "attention 'glmha' vs 'csa'" in message and "dim 8 vs 16" in message
+    # agreeing or adding arguments is fine
+    assert glmha.load_model(path, model="restormer", attention="glmha", dim=8).spec.attention == "glmha"
+    with pytest.raises(CheckpointError, match="vs preset 'mst_plus_plus'"):
+        glmha.load_model(path, preset="mst_plus_plus")
+
+
+def test_plain_state_dict_needs_a_description(tmp_path):
+    model = glmha.create_model("restormer", **TINY)
+    torch.save({"params": model.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="does not record its model and its keys and shapes match no preset"):
+        glmha.load_model(tmp_path / "plain.pth")
+    loaded = glmha.load_model(tmp_path / "plain.pth", model="restormer", **TINY)
+    _same_outputs(model, loaded, torch.rand(1, 3, 8, 8))
+    with pytest.raises(CheckpointError, match=r"(?s)does not fit Restormer.*model \(from the arguments\): restormer, attention csa"):
+        glmha.load_model(tmp_path / "plain.pth", model="restormer", **{**TINY, "dim": 16})
+
+
+def test_plain_official_state_dict_is_recognised(tmp_path, capsys):
+    model = glmha.create_model("mst_s")
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "mst_s.pth")  # as the MST releases
+    loaded = glmha.load_model(tmp_path / "mst_s.pth")
+    assert loaded.spec.preset == "mst_s" and "recognised by its keys and shapes as preset 'mst_s'" in capsys.readouterr().out
+    _same_outputs(model, loaded, *model.example_inputs(8, 8))
+    # a preset's values can be overridden for files without a record; the preset stays named
+    assert glmha.load_model(tmp_path / "mst_s.pth", preset="mst_s", attention="csa").spec.preset == "mst_s"
+
+
+def test_save_model_needs_a_record(tmp_path):
+    from glmha.models import Restormer
+
+    with pytest.raises(CheckpointError, match="has no build record"):
+        glmha.save_model(Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1), tmp_path / "x.safetensors")

@@ -38,11 +38,15 @@ def test_rgb_images_to_cubes(tmp_path):
     npy = np.load(tmp_path / "npy" / "a.npy")
     assert npy.shape == (31, 20, 28)
     assert np.allclose(npy, cube.transpose(2, 0, 1))
-    # the numbers are the model's on the min-max normalised image
+    # the numbers are the model's on the min-max normalised image, clipped to [0, 1] (as the official test code)
     rgb = np.asarray(Image.open(tmp_path / "in" / "a.png"), dtype=np.float32)
     rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
-    expected = glmha.restore(model.eval(), torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0]
+    expected = glmha.restore(model.eval(), torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0].clamp(0, 1)
     assert np.allclose(npy, expected.numpy(), atol=1e-5)
+    # the band centres travel with each cube: 'bands' in the .mat (as NTIRE 2022's files), <name>.json beside the .npy
+    wavelengths = list(range(400, 701, 10))
+    assert np.allclose(read_mat(tmp_path / "mat" / "a.mat", "bands"), [wavelengths])
+    assert json.loads((tmp_path / "npy" / "a.json").read_text())["wavelengths_nm"] == wavelengths
 
 
 def test_cassi_measurements_and_cubes_to_cubes(tmp_path):
@@ -122,8 +126,10 @@ def test_real_measurements_to_cubes(tmp_path):
     # Any size: no mask needed (the network does not use it); a 30 x 45 scene is not a multiple of 4.
     small = rng.uniform(0, 0.7, (30, 45 + 54)).astype(np.float32)
     np.save(tmp_path / "small.npy", small)
-    assert main([*base[:1], str(tmp_path / "small.npy"), *base[2:], "--output", str(tmp_path / "npy"), "--format", "npy"]) == 0
+    assert main([*base[:1], str(tmp_path / "small.npy"), *base[2:], "--output", str(tmp_path / "npy"), "--format", "npy", "--preview"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "npy" / "small.npy"), _real_reference(model, small), atol=1e-5)
+    with Image.open(tmp_path / "npy" / "small_srgb.png") as srgb:  # 28 CASSI bands: a rendering is known
+        assert srgb.size == (45, 30)
 
 
 def test_real_measurement_errors(tmp_path, capsys):
@@ -145,3 +151,62 @@ def test_real_measurement_errors(tmp_path, capsys):
     assert main([*base, str(tmp_path / "cube.npy"), "--mask", str(tmp_path / "mask.npy"), "--format", "npy"]) == 0
     meas = measure(torch.ones(1, 28, 16, 16), mask_3d(torch.ones(16, 16), 28))[0].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "out" / "cube.npy"), _real_reference(model.eval(), meas), atol=1e-5)
+
+
+def test_preview_renders_srgb_and_a_band_strip(tmp_path):
+    model = glmha.create_model("mst_plus_plus", **MSTPP)
+    checkpoint = glmha.save_model(model, tmp_path / "mstpp.safetensors")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["reconstruct", str(tmp_path / "a.png"), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"),
+                 "--preview", "--precision", "bf16"]) == 0
+    cube = read_cube(tmp_path / "out" / "a.mat")
+    with Image.open(tmp_path / "out" / "a_srgb.png") as srgb:
+        assert srgb.size == (28, 20) and srgb.mode == "RGB"
+        assert np.array_equal(np.asarray(srgb), glmha.images.to_uint8(torch.from_numpy(
+            glmha.reconstruction.render_srgb(cube, range(400, 701, 10)).transpose(2, 0, 1).copy())))
+    with Image.open(tmp_path / "out" / "a_bands.png") as strip:
+        assert strip.size[0] > 28 * 8
+
+
+def test_render_srgb_follows_the_cie_observer():
+    import colour
+
+    # colour checker reflectances: the rendering is CIE 1931 XYZ under D65, to sRGB, relative to a perfect white
+    wavelengths = np.arange(400, 701, 10)
+    checker = colour.SDS_COLOURCHECKERS["ColorChecker N Ohta"]
+    names = ["dark skin", "blue sky", "foliage"]
+    spectra = [np.ones_like(wavelengths, dtype=float)] + [np.interp(wavelengths, checker[n].wavelengths, checker[n].values) for n in names]
+    cube = np.stack(spectra, axis=1)[:, None, :]  # bands x 1 x 4: white first
+    srgb = glmha.reconstruction.render_srgb(cube, wavelengths)
+    assert np.allclose(srgb[0, 0], 1, atol=1e-6)
+    shape = colour.SpectralShape(400, 700, 10)
+    for index, name in enumerate(names, start=1):
+        with colour.utilities.suppress_warnings(colour_runtime_warnings=True):  # colour says how it aligned the tables
+            xyz = colour.sd_to_XYZ(checker[name].copy().align(shape), illuminant=colour.SDS_ILLUMINANTS["D65"].copy().align(shape)) / 100
+        expected = colour.XYZ_to_sRGB(xyz)
+        assert np.abs(srgb[0, index] - np.clip(expected, 0, 1)).max() < 0.03, name
+
+
+def test_preview_needs_known_wavelengths(tmp_path, capsys):
+    model = glmha.create_model("mst_s", **MST)
+    checkpoint = glmha.save_model(model, tmp_path / "mst.safetensors")
+    np.save(tmp_path / "mask.npy", random_mask(16, 16).numpy())
+    np.save(tmp_path / "meas.npy", np.zeros((16, 30), np.float32))
+    assert main(["reconstruct", str(tmp_path / "meas.npy"), "--mask", str(tmp_path / "mask.npy"), "--checkpoint", str(checkpoint),
+                 "--output", str(tmp_path / "out"), "--preview"]) == 1
+    assert "--preview needs the band wavelengths, known for 31 (NTIRE 2022) and 28 (CASSI) bands, not 8" in error_line(capsys.readouterr().err)
+
+
+def test_official_cassi_file_with_its_preset(tmp_path):
+    model = glmha.create_model("mst_s")
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "mst_s.pth")
+    mask = random_mask(16, 16, seed=1)
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    cube = torch.rand(1, 28, 16, 16)
+    np.save(tmp_path / "meas.npy", measure(cube, mask_3d(mask, 28))[0].numpy())
+    assert main(["reconstruct", str(tmp_path / "meas.npy"), "--mask", str(tmp_path / "mask.npy"), "--preset", "mst_s",
+                 "--checkpoint", str(tmp_path / "mst_s.pth"), "--output", str(tmp_path / "out"), "--preview"]) == 0
+    from glmha.data.synthetic_hsi import CASSI_WAVELENGTHS
+
+    assert np.allclose(read_mat(tmp_path / "out" / "meas.mat", "bands"), [CASSI_WAVELENGTHS])
+    assert (tmp_path / "out" / "meas_srgb.png").is_file() and (tmp_path / "out" / "meas_bands.png").is_file()

@@ -80,14 +80,58 @@ def test_fast_path_matches_golden_outputs_eager(fixture):
     assert out.is_inference()  # eval mode runs under torch.inference_mode
 
 
-def test_fast_path_captures_one_graph_and_matches_golden_outputs():
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_fast_path_captures_one_graph_and_matches_golden_outputs(scope):
     # fullgraph=True (the default) makes any graph break an error. The "eager" backend checks
-    # the capture of the whole model without Inductor's code generation (minutes on a CPU).
+    # the capture (of each block, or of the whole model) without Inductor's code generation.
     model, inputs, expected = golden_model("restormer_tiny")
-    fast = glmha.optimize(model, compile_backend="eager")
+    fast = glmha.optimize(model, compile_backend="eager", scope=scope)
     assert fast.compiled
     out = fast(*inputs)
     assert (out - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name, kwargs, region, count", [
+    ("restormer", {"dim": 8, "num_blocks": [1, 2, 1, 1], "num_refinement_blocks": 1}, "TransformerBlock", 1 + 2 + 1 + 1 + 1 + 2 + 1 + 1),
+    ("mst_plus_plus", {"stage": 2}, "MSAB", 2 * 5),  # per stage: 2 encoder levels, the bottleneck, 2 decoder levels
+    ("mst_s", {}, "MSAB", 5),
+])
+def test_compile_regions_are_the_blocks_that_hold_attention(name, kwargs, region, count):
+    from glmha.fast import compile_regions
+
+    with torch.device("meta"):
+        model = glmha.create_model(name, attention="glmha", **kwargs)
+    regions = compile_regions(model)
+    assert len(regions) == count and {type(r).__name__ for r in regions} == {region}
+
+
+@pytest.mark.parametrize("name, kwargs", [("mst_plus_plus", {"stage": 1}), ("mst_s", {"num_blocks": [1, 1, 1]})])
+def test_block_compile_of_the_spectral_models_matches_plain(name, kwargs):
+    model = glmha.create_model(name, **kwargs).eval()
+    inputs = tuple(torch.rand_like(t) for t in model.example_inputs(16, 16))
+    with torch.no_grad():
+        plain = model(*inputs)
+    out = glmha.optimize(model, compile_backend="eager")(*inputs)
+    assert (out - plain).abs().max().item() < 1e-5
+
+
+@pytest.mark.slow
+def test_inductor_block_compile_matches_plain_and_shares_graphs():
+    # Inductor on every block: blocks of one shape share one compiled graph, with their own weights.
+    import torch._dynamo.utils
+
+    model = glmha.create_model("restormer", dim=8, num_blocks=[2, 2, 1, 1], num_refinement_blocks=2, heads=[1, 1, 2, 2]).eval()
+    for p in model.parameters():  # distinct weights per block, so a shared graph that ignored them would show
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out = glmha.optimize(model)(x)
+    assert (out - plain).abs().max().item() < 1e-5
+    # 5 shapes of blocks (8 channels at 32x32, 16 at 16x16, 16 at 8x8, 16 at 4x4, 16 at 32x32)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 5
 
 
 @pytest.mark.slow
@@ -147,6 +191,10 @@ def test_optimize_errors():
     with pytest.raises(ValueError, match="needs compile=True"):
         glmha.optimize(model, compile=False, freeze=True)
     with pytest.raises(ValueError, match="needs the inductor backend"):
-        glmha.optimize(model, freeze=True, compile_backend="eager")
+        glmha.optimize(model, freeze=True, compile_backend="eager", scope="model")
     with pytest.raises(TypeError, match="already optimized"):
         glmha.optimize(glmha.optimize(model, compile=False))
+    with pytest.raises(ValueError, match="scope must be one of"):
+        glmha.optimize(model, scope="layers")
+    with pytest.raises(ValueError, match="freeze=True needs scope='model'"):
+        glmha.optimize(model, freeze=True)

@@ -41,3 +41,23 @@ def test_attention_errors():
         build_attention("csa", "mdta", dim=8, num_heads=2, rank=3)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         build_attention("csa", "mdta", dim=9, num_heads=2)
+
+
+def test_create_model_records_how_it_was_built():
+    from glmha.models.registry import ModelSpec
+
+    model = glmha.create_model("restormer", attention="glmha", attention_kwargs={"rank": 8}, dim=8, num_blocks=(1, 1, 1, 1))
+    assert model.spec == ModelSpec("restormer", {"dim": 8, "num_blocks": [1, 1, 1, 1]}, "glmha", {"rank": 8})
+    assert ModelSpec.from_json(model.spec.to_json()) == model.spec  # plain JSON data, as saved in a file
+    rebuilt = model.spec.build()
+    assert rebuilt.spec == model.spec and rebuilt is not model and type(rebuilt.encoder_level1[0].attn) is type(model.encoder_level1[0].attn)
+    with pytest.raises(ValueError, match="model record must be a JSON object"):
+        ModelSpec.from_json('{"layers": {}}')
+
+
+def test_arguments_that_are_not_plain_data_leave_no_record():
+    @glmha.models.register_model("with_module_test")
+    def with_module(attention="csa", attention_kwargs=None, head=None):
+        return nn.Sequential(head)
+
+    assert glmha.create_model("with_module_test", head=nn.Identity()).spec is None

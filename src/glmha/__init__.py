@@ -4,14 +4,17 @@ Public entry points::
 
     import glmha
     model = glmha.create_model("restormer", attention="csa")  # official layout
+    glmha.save_model(model, "model.safetensors")              # self-describing file
+    model = glmha.load_model("model.safetensors")             # or an official file: preset="deraining"
     glmha.list_models()
 """
 from .analysis import Profile, profile
 from .attention import list_attentions, swap_attention
-from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_weights
+from .checkpoint import CheckpointError, load_checkpoint, load_model, read_state_dict, save_model, save_weights
 from .fast import FastModel, optimize
 from .inference import restore
 from .models import create_model, list_models
+from .presets import list_presets
 from .validation import InputError
 
 __version__ = "0.1.0"
@@ -25,10 +28,13 @@ __all__ = [
     "list_attentions",
     "list_models",
     "load_checkpoint",
+    "load_model",
+    "list_presets",
     "optimize",
     "profile",
     "read_state_dict",
     "restore",
+    "save_model",
     "save_weights",
     "swap_attention",
 ]

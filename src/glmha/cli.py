@@ -18,8 +18,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .images import builtin_photographs, find_images, read_image, restore_files
 from .models.mst_real import RealMST
 from .reconstruction import (
-    CUBE_FORMATS, MEASUREMENT_SUFFIXES, builtin_cassi_inputs, builtin_real_cassi_inputs, reconstruct_cassi_files,
-    reconstruct_real_cassi_files, reconstruct_rgb_files,
+    CUBE_FORMATS, MEASUREMENT_SUFFIXES, band_wavelengths, builtin_cassi_inputs, builtin_real_cassi_inputs,
+    reconstruct_cassi_files, reconstruct_real_cassi_files, reconstruct_rgb_files,
 )
 from .validation import InputError
 
@@ -120,14 +120,50 @@ def _run_complexity(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- shared: a model from arguments
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = "restormer", checkpoint_required: bool = False) -> None:
-    group = parser.add_argument_group("model")
+    from .presets import list_presets
+
+    group = parser.add_argument_group("model (this project's checkpoints describe themselves: --checkpoint alone is enough)")
     default_text = default_model or "mst_plus_plus for RGB, mst_l with --mask"
-    group.add_argument("--model", default=default_model, help=f"model name (default: {default_text}); see `glmha complexity`")
-    group.add_argument("--attention", default="csa", help="attention of the model (default: csa, the official one)")
+    group.add_argument("--checkpoint", required=checkpoint_required, default=None,
+                       help="weights: this project's .safetensors, a run folder of glmha train, or an official .pth")
+    group.add_argument("--preset", choices=list_presets(), default=None, metavar="PRESET",
+                       help="an official release file's settings (see the README's table): " + ", ".join(list_presets()))
+    group.add_argument("--model", default=None, help=f"model name, for weights that do not record it (default: {default_text}); see `glmha complexity`")
+    group.add_argument("--attention", default=None, help="attention of the model (default: the checkpoint's, else csa, the official one)")
     group.add_argument("--model-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"dim": 16}\'')
     group.add_argument("--attention-kwargs", default="{}", metavar="JSON", help='attention options, e.g. \'{"rank_ratio": 0.5}\'')
-    group.add_argument("--checkpoint", required=checkpoint_required, default=None, help="weights: this project's .safetensors or an official .pth")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference")
+    group.add_argument("--tile", type=_tile_argument, default="auto",
+                       help="auto (default): whole images when they fit --max-memory, else the largest tiles that do; "
+                            "a side in pixels (rounded to the model's multiple); or none: always whole")
+    group.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels (default: 32)")
+    group.add_argument("--max-memory", default=None, metavar="SIZE",
+                       help="memory budget of --tile auto, e.g. 1GB, 512MiB (default: 80%% of the GPU's free memory, or half the available RAM)")
+    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="fp32 (default), or bf16 / fp16 autocast (norms and softmax stay in float32); bf16 runs on CPUs too")
+
+
+def _tile_argument(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a side in pixels, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a tile side must be positive, got {value}")
+    return value
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    from .inference import parse_memory
+
+    return {"tile": args.tile, "overlap": args.overlap, "precision": args.precision,
+            "max_memory": parse_memory(args.max_memory) if args.max_memory else None}
 
 
 def _json_argument(text: str, option: str) -> dict:
@@ -142,35 +178,58 @@ def _json_argument(text: str, option: str) -> dict:
     return value
 
 
-def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
-    """Build ``--model`` with its options, load ``--checkpoint`` and move it to ``--device`` in eval mode."""
-    if args.model not in list_models():
+def _model_from_args(args: argparse.Namespace, default_model: str = "restormer") -> torch.nn.Module:
+    """The model of ``--checkpoint`` (its record, ``--preset`` or the model flags), on ``--device`` in eval mode.
+
+    Without a checkpoint (``glmha rank`` of an untrained model): built from ``--preset`` or the
+    model flags, ``--model`` defaulting to ``default_model``.
+    """
+    from .checkpoint import load_model, read_model_spec, resolve_checkpoint
+    from .models.registry import ModelSpec
+    from .presets import get_preset
+
+    model_kwargs = _json_argument(args.model_kwargs, "--model-kwargs")
+    attention_kwargs = _json_argument(args.attention_kwargs, "--attention-kwargs")
+    if args.model is not None and args.model not in list_models():
         raise CommandError(f"unknown model {args.model!r}; available: {list_models()}")
-    try:
-        model = create_model(
-            args.model,
-            attention=args.attention,
-            attention_kwargs=_json_argument(args.attention_kwargs, "--attention-kwargs"),
-            **_json_argument(args.model_kwargs, "--model-kwargs"),
-        )
-    except (TypeError, ValueError) as err:
-        raise CommandError(f"cannot build {args.model!r} with attention {args.attention!r}: {err}") from None
     if args.checkpoint:
+        name = args.model
+        flags_given = bool(model_kwargs or attention_kwargs or args.attention)
+        if name is None and flags_given and args.preset is None and read_model_spec(resolve_checkpoint(args.checkpoint)) is None:
+            name = default_model  # weights without a record, described by flags: the command's model
         try:
-            load_checkpoint(model, args.checkpoint)
+            return load_model(args.checkpoint, args.device, args.preset, model=name, attention=args.attention,
+                              attention_kwargs=attention_kwargs, **model_kwargs)
         except CheckpointError as err:
             lines = str(err).splitlines()
             if len(lines) == 1:
                 raise
             # one line: the verdict and the first listed keys, then what to check
             detail = " ".join(line.strip() for line in lines[1:3])
-            raise CommandError(f"{lines[0].rstrip(':')}: {detail} ...; check --model, --model-kwargs and --attention") from None
+            built = next((line.strip() for line in lines if line.strip().startswith("model (from")), "")
+            raise CommandError(f"{lines[0].rstrip(':')}: {detail} ...; {built + '; ' if built else ''}"
+                               "check --preset, --model, --model-kwargs and --attention") from None
+    if args.preset:
+        preset = get_preset(args.preset)
+        spec = ModelSpec(preset.model, {**preset.model_kwargs, **model_kwargs}, args.attention or "csa", attention_kwargs, preset=preset.name)
+    else:
+        spec = ModelSpec(args.model or default_model, model_kwargs, args.attention or "csa", attention_kwargs)
     try:
-        device = torch.device(args.device)
-        model = model.to(device)
+        model = spec.build()
+    except (TypeError, ValueError) as err:
+        raise CommandError(f"cannot build {spec.name!r} with attention {spec.attention!r}: {err}") from None
+    try:
+        model = model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as err:
         raise CommandError(f"cannot use device {args.device!r}: {err}") from None
     return model.eval()
+
+
+def _model_title(model: torch.nn.Module) -> str:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return type(model).__name__
+    return f"{spec.preset or spec.name} ({spec.attention}{', per-layer' if spec.layers else ''})"
 
 
 # --------------------------------------------------------------------------- rank
@@ -189,6 +248,7 @@ def _run_rank(args: argparse.Namespace) -> None:
     if not 0 < args.share <= 1:
         raise CommandError(f"--share must be in (0, 1], got {args.share}")
     model = _model_from_args(args)
+    name = model.spec.name if getattr(model, "spec", None) else type(model).__name__
     channels = int(getattr(model, "in_channels", 3))
     if isinstance(model, RealMST):  # real CASSI: simulated camera measurements of built-in scenes
         if args.images:
@@ -198,38 +258,59 @@ def _run_rank(args: argparse.Namespace) -> None:
         images = builtin_real_cassi_inputs(args.num_images, args.size)
     elif getattr(model, "mask_guided", False):  # CASSI: measurements of built-in scenes
         if args.images:
-            raise CommandError(f"{args.model} reconstructs CASSI snapshots; glmha rank analyses it on built-in scenes, give no images")
+            raise CommandError(f"{name} reconstructs CASSI snapshots; glmha rank analyses it on built-in scenes, give no images")
         if channels != 28:
-            raise CommandError(f"the built-in CASSI scenes have 28 bands, {args.model} takes {channels}")
+            raise CommandError(f"the built-in CASSI scenes have 28 bands, {name} takes {channels}")
         images = builtin_cassi_inputs(args.num_images, args.size)
+    elif getattr(model, "dual_pixel_task", False):
+        raise CommandError("glmha rank analyses single-image models; the dual-pixel model takes view pairs")
     elif args.images:
-        images = (read_image(path, channels) for path in find_images(args.images))
+        images = (read_image(path, channels, _grey_conversion(model)) for path in find_images(args.images))
     else:
         images = builtin_photographs(args.num_images, args.size, channels)
     try:
-        report = analyse_attention(model, images, args.output, args.spectrum, suggest_share=args.share, title=f"{args.model} ({args.attention})")
+        report = analyse_attention(model, images, args.output, args.spectrum, suggest_share=args.share, title=_model_title(model))
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(report.table)
     print(f"\nwrote {report.plot}, {report.table_path}, {report.ranks_path}")
     if args.suggest:
-        suggestion = format_rank_suggestion(report, args.model, _json_argument(args.model_kwargs, "--model-kwargs"))
+        model_kwargs = model.spec.model_kwargs if getattr(model, "spec", None) else _json_argument(args.model_kwargs, "--model-kwargs")
+        suggestion = format_rank_suggestion(report, name, model_kwargs)
         print(f"\n# GLMHA ranks keeping {args.share:.0%} of each layer's spectrum:\n{suggestion}")
+
+
+def _grey_conversion(model: torch.nn.Module) -> str | None:
+    """How a preset's official test script turns colour files grey (None: this package's luma)."""
+    from .presets import get_preset
+
+    spec = getattr(model, "spec", None)
+    return get_preset(spec.preset).grey_conversion if spec is not None and spec.preset else None
 
 
 # --------------------------------------------------------------------------- restore
 def _add_restore(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="images to restore: files, folders or glob patterns")
+    parser.add_argument("images", nargs="+", help="images to restore: files, folders or glob patterns "
+                        "(dual pixel: DPDD folders with inputL/ and inputR/, or the left views with --right)")
     _add_model_arguments(parser, checkpoint_required=True)
     parser.add_argument("--output", required=True, help="folder for the restored PNGs (same names, same sizes)")
-    parser.add_argument("--tile", type=int, default=None, help="run large images in tiles of this side (a multiple of 8)")
-    parser.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels (default: 32)")
+    parser.add_argument("--right", nargs="+", default=None, metavar="IMAGES", help="dual pixel: the right views, paired in order with the images (the left views)")
+    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="bits per channel of the PNGs (default: the input's, 8 or 16)")
+    _add_inference_arguments(parser)
 
 
 def _run_restore(args: argparse.Namespace) -> None:
-    paths = find_images(args.images)
+    from .images import find_dual_pixel_pairs
+
     model = _model_from_args(args)
-    written, failed = restore_files(model, paths, args.output, tile=args.tile, overlap=args.overlap)
+    if getattr(model, "dual_pixel_task", False):
+        paths = find_dual_pixel_pairs(args.images, args.right)
+    elif args.right:
+        raise CommandError(f"--right gives the right views of a dual-pixel model; {_model_title(model)} takes single images")
+    else:
+        paths = find_images(args.images)
+    written, failed = restore_files(model, paths, args.output, bit_depth=args.bit_depth, grey_conversion=_grey_conversion(model),
+                                    **_inference_options(args))
     print(f"restored {len(written)} of {len(paths)} image(s) into {args.output}")
     if failed:
         raise CommandError(f"{len(failed)} image(s) could not be read: " + "; ".join(failed))
@@ -401,9 +482,10 @@ def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", default=None, help="CASSI coded aperture (.mat with variable 'mask', or .npy): reconstruct snapshots with MST (optional for mst_*_real)")
     parser.add_argument("--key", default=None, help="variable of the measurement in .mat inputs (default: meas, meas_real, measurement, y; else a cube to measure)")
     parser.add_argument("--output", required=True, help="folder for the cubes")
-    parser.add_argument("--format", choices=CUBE_FORMATS, default="mat", help="mat (v7.3, 'cube', H x W x bands; default) or npy (bands x H x W)")
-    parser.add_argument("--tile", type=int, default=None, help="RGB only: run large images in tiles of this side (a multiple of 8)")
-    parser.add_argument("--overlap", type=int, default=32, help="RGB only: overlap of neighbouring tiles (default: 32)")
+    parser.add_argument("--format", choices=CUBE_FORMATS, default="mat",
+                        help="mat (v7.3, 'cube' H x W x bands and 'bands' in nm; default) or npy (bands x H x W, wavelengths in <name>.json)")
+    parser.add_argument("--preview", action="store_true", help="also write <name>_srgb.png (CIE 1931 observer, D65) and <name>_bands.png (every band, own colour scale)")
+    _add_inference_arguments(parser)  # tiles: RGB inputs only
 
 
 def _run_reconstruct(args: argparse.Namespace) -> None:
@@ -416,25 +498,63 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
             raise CommandError(f"cannot read the mask {args.mask}: {err}") from None
 
     cassi = args.mask is not None
-    args.model = args.model or ("mst_l" if cassi else "mst_plus_plus")
-    model = _model_from_args(args)
-    if isinstance(model, RealMST):  # the raw measurement alone; a mask only checks sizes (or measures cubes)
+    model = _model_from_args(args, "mst_l" if cassi else "mst_plus_plus")
+    real = isinstance(model, RealMST)  # the raw measurement alone; a mask only checks sizes (or measures cubes)
+    if cassi and not real and not getattr(model, "mask_guided", False):
+        raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l) "
+                           f"or a real-data one (mst_s_real, ...), not {_model_title(model)}")
+    if not cassi and getattr(model, "mask_guided", False):
+        raise CommandError(f"{_model_title(model)} reconstructs CASSI snapshots: pass the coded aperture with --mask")
+    if args.preview and band_wavelengths(int(model.out_channels)) is None:
+        raise CommandError(f"--preview needs the band wavelengths, known for 31 (NTIRE 2022) and 28 (CASSI) bands, not {model.out_channels}")
+    if real:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
-        written, failed = reconstruct_real_cassi_files(model, paths, args.output, args.format, read_mask() if cassi else None, args.key)
+        written, failed = reconstruct_real_cassi_files(model, paths, args.output, args.format, read_mask() if cassi else None, args.key,
+                                                       precision=args.precision, preview=args.preview)
     elif cassi:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
-        mask = read_mask()
-        if not getattr(model, "mask_guided", False):
-            raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l) or a real-data one (mst_s_real, ...), not {args.model!r}")
-        written, failed = reconstruct_cassi_files(model, paths, mask, args.output, args.format, key=args.key)
+        written, failed = reconstruct_cassi_files(model, paths, read_mask(), args.output, args.format, key=args.key,
+                                                  precision=args.precision, preview=args.preview)
     else:
         paths = find_images(args.inputs)
-        if getattr(model, "mask_guided", False):
-            raise CommandError(f"{args.model} reconstructs CASSI snapshots: pass the coded aperture with --mask")
-        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, args.tile, args.overlap)
+        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, preview=args.preview, **_inference_options(args))
     print(f"reconstructed {len(written)} of {len(paths)} input(s) into {args.output}")
     if failed:
         raise CommandError(f"{len(failed)} input(s) failed: " + "; ".join(failed))
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(parser: argparse.ArgumentParser) -> None:
+    from .export import FORMATS
+
+    _add_model_arguments(parser, checkpoint_required=True)
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
+    parser.add_argument("--output", required=True, help="the file to write, e.g. model.onnx or model.pt")
+    parser.add_argument("--size", nargs=2, type=int, default=(64, 64), metavar=("H", "W"),
+                        help="the example input's size (default: 64 64); the file takes any size")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    if args.device != "cpu":
+        raise CommandError("export runs on the CPU (the file runs anywhere); leave out --device")
+    model = _model_from_args(args)
+    height, width = args.size
+    multiple = int(getattr(model, "size_multiple", 1))
+    if min(height, width) < multiple or (getattr(model, "mask_guided", False) and (height % multiple or width % multiple)):
+        raise CommandError(f"--size must be at least {multiple} (and a multiple of {multiple} for CASSI models), got {height} {width}")
+    second = (height + multiple * 3, width + multiple * 5) if getattr(model, "mask_guided", False) else (height + 13, width + 29)
+    try:
+        result = export_model(model, args.output, args.format, sizes=((height, width), second), opset=args.opset)
+    except Exception as err:  # the exporters raise many types; the message is what the user needs
+        raise CommandError(f"export to {args.format} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    sizes = " and ".join(f"{h}x{w}" for h, w in result.checked_sizes)
+    if result.max_abs_diff is None:
+        print(f"wrote {result.path} ({args.format}); onnxruntime is not installed, so it was not checked (pip install 'glmha[export]')")
+    else:
+        print(f"wrote {result.path} ({args.format}); checked against PyTorch at {sizes}: max abs difference {result.max_abs_diff:.2e}")
 
 
 COMMANDS = {
@@ -460,10 +580,10 @@ COMMANDS = {
         _add_reconstruct,
         _run_reconstruct,
         "spectral reconstruction: RGB images to cubes (MST++), or CASSI measurements and mask to cubes (MST)",
-        "glmha reconstruct photos/ --checkpoint mst_plus_plus.pth --output cubes/\n"
-        "  glmha reconstruct 'ARAD_1K_*.jpg' --checkpoint mst_plus_plus.pth --output cubes/ --format npy\n"
-        "  glmha reconstruct measurements/ --mask mask.mat --model mst_l --checkpoint mst_l.pth --output cubes/\n"
-        "  glmha reconstruct Truth/scene01.mat --mask mask.mat --model mst_s --checkpoint mst_s.pth --output out/  # a cube: measured first\n"
+"glmha reconstruct photos/ --preset mst_plus_plus --checkpoint mst_plus_plus.pth --output cubes/ --preview\n"
+        "  glmha reconstruct 'ARAD_1K_*.jpg' --checkpoint runs/mst_plus_plus_glmha --output cubes/ --format npy\n"
+        "  glmha reconstruct measurements/ --mask mask.mat --preset mst_l --checkpoint mst_l.pth --output cubes/\n"
+        "  glmha reconstruct Truth/scene01.mat --mask mask.mat --preset mst_s --checkpoint mst_s.pth --output out/  # a cube: measured first\n"
         "  glmha reconstruct TSA_real_data/Measurements/ --mask TSA_real_data/mask.mat --model mst_l_real --checkpoint mst_l_real.pth --output real/",
     ),
     "demo": (
@@ -490,18 +610,26 @@ COMMANDS = {
         _add_rank,
         _run_rank,
         "eigen-analysis of the attention maps (paper Fig. 1): spectrum plot, rank table, suggested GLMHA ranks",
-        "glmha rank --checkpoint deraining.pth --suggest\n"
-        "  glmha rank photos/ --model restormer --model-kwargs '{\"dim\": 16}' --checkpoint run/best.safetensors --output rank/\n"
-        "  glmha rank --spectrum eigen --share 0.99 --suggest",
+        "glmha rank --checkpoint deraining.pth --preset deraining --suggest\n"
+        "  glmha rank photos/ --checkpoint runs/restormer_deraining_csa --output rank/\n"
+        "  glmha rank --spectrum eigen --share 0.99 --suggest   # an untrained Restormer",
     ),
     "restore": (
         _add_restore,
         _run_restore,
         "restore image files (a file, a folder or a glob) with a checkpoint; PNG outputs of the same size",
-        "glmha restore rainy/ --checkpoint deraining.pth --output derained/\n"
-        "  glmha restore 'photos/*.jpg' --checkpoint motion_deblurring.pth --output sharp/ --tile 512 --overlap 32\n"
-        "  glmha restore noisy.png --checkpoint gaussian_color_denoising_blind.pth "
-        "--model-kwargs '{\"layer_norm_type\": \"BiasFree\"}' --output out/ --device cuda",
+        "glmha restore rainy/ --preset deraining --checkpoint deraining.pth --output derained/\n"
+        "  glmha restore 'photos/*.jpg' --checkpoint runs/restormer_motion_deblurring_glmha --output sharp/ --max-memory 2GB\n"
+        "  glmha restore DPDD/test/ --preset dual_pixel_defocus_deblurring --checkpoint dual_pixel_defocus_deblurring.pth --output out/\n"
+        "  glmha restore noisy.png --preset gaussian_color_denoising_blind --checkpoint gaussian_color_denoising_blind.pth "
+        "--output out/ --device cuda --precision bf16 --tile 720",
+    ),
+    "export": (
+        _add_export,
+        _run_export,
+        "export a checkpoint to ONNX or TorchScript (dynamic height and width), checked against PyTorch",
+        "glmha export --checkpoint runs/restormer_deraining_glmha --output deraining.onnx\n"
+        "  glmha export --preset mst_plus_plus --checkpoint mst_plus_plus.pth --format torchscript --output mst_plus_plus.pt",
     ),
     "train": (
         _add_train,

@@ -6,8 +6,12 @@
   large part of Restormer's CPU time, are faster on it; layer norm over channels reads it
   in place);
 - ``torch.inference_mode`` in eval mode (no autograd bookkeeping);
-- ``torch.compile`` of the whole forward as one graph (``fullgraph=True``: a graph break is
-  an error, not a silent slowdown), with Inductor's weight freezing for inference;
+- ``torch.compile`` of each block that holds an attention layer (Restormer's transformer
+  blocks, MST's attention blocks), each as one graph (``fullgraph=True``: a graph break is an
+  error, not a silent slowdown). Blocks of the same shape share one compiled graph, so a
+  Restormer compiles 5 small graphs instead of one of 40-odd blocks: the first call takes
+  under a minute on a CPU instead of several. ``scope="model"`` compiles the whole forward as
+  one graph with Inductor's weight freezing instead (the same speed, the longest compile);
 - optionally bf16/fp16 autocast; the models keep their norms and softmax in float32.
 
 The float32 paths match the plain model to float rounding (tests/test_fast.py checks 1e-5 on
@@ -24,6 +28,10 @@ from torch import nn
 
 from .validation import check_image_batch
 
+SCOPES = ("blocks", "model")
+# Graphs one block function may hold under scope="blocks": a Restormer has 5 block shapes per
+# input size, so this allows a dozen input sizes or models in one process.
+BLOCK_RECOMPILE_LIMIT = 64
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
@@ -44,6 +52,7 @@ class FastModel(nn.Module):
         inference: bool,
         autocast_dtype: torch.dtype | None,
         compiled: bool,
+        compiled_regions: list[tuple[nn.Module, Callable[..., Any]]] | None = None,
     ):
         super().__init__()
         self.module = module
@@ -52,6 +61,9 @@ class FastModel(nn.Module):
         self.inference = inference
         self.autocast_dtype = autocast_dtype
         self.compiled = compiled
+        # (block, its compiled call): switched on only while this wrapper runs, so the model
+        # itself stays as it was (plain, eager) when called directly
+        self._compiled_regions = list(compiled_regions or [])
         self.training = module.training  # the wrapper starts in the model's mode
 
     # The attributes the rest of the package reads off a model.
@@ -99,6 +111,8 @@ class FastModel(nn.Module):
                 stack.enter_context(torch.inference_mode())
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(device_type, dtype=self.autocast_dtype))
+            if self._compiled_regions:
+                stack.enter_context(_regions_compiled(self._compiled_regions))
             out = self._forward(*inputs)
             if isinstance(out, torch.Tensor):
                 if self.autocast_dtype is not None and isinstance(inputs[0], torch.Tensor):
@@ -106,6 +120,22 @@ class FastModel(nn.Module):
                 if return_contiguous and out.dim() == 4:
                     out = out.contiguous()
         return out
+
+
+@contextlib.contextmanager
+def _regions_compiled(regions: list[tuple[nn.Module, Callable[..., Any]]]):
+    # nn.Module.__call__ runs ``_compiled_call_impl`` when it is set (what nn.Module.compile
+    # sets for good); here it is set for the duration of one call. Blocks share their code, so
+    # each block shape (and each model in the process) is one cache entry of the same function:
+    # more than Dynamo's default limit of 8.
+    try:
+        for region, compiled in regions:
+            region._compiled_call_impl = compiled
+        with torch._dynamo.config.patch(recompile_limit=BLOCK_RECOMPILE_LIMIT):
+            yield
+    finally:
+        for region, _ in regions:
+            region._compiled_call_impl = None
 
 
 def _is_plain_image(x: Any) -> bool:
@@ -133,26 +163,33 @@ def optimize(
     freeze: bool | None = None,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    scope: str = "blocks",
 ) -> FastModel:
     """Return ``model`` behind the fast path (see the module docstring); outputs are unchanged.
 
     Args:
         model: any glmha model (or module taking image batches).
-        compile: ``torch.compile`` the forward. The first call of each input shape compiles
-            (tens of seconds to minutes on a CPU for a full Restormer); later calls are fast.
+        compile: ``torch.compile`` the model (see ``scope``). The first call of each input shape
+            compiles (under a minute on a CPU for a full Restormer with ``scope="blocks"``,
+            minutes with ``"model"``; docs/benchmarks.md); later calls are fast. Inductor keeps
+            its results on disk, so a later process compiles faster.
         channels_last: convert the weights (in place) and the 4-D inputs to channels-last.
         inference: in eval mode, run under ``torch.inference_mode`` (outputs carry no
             autograd history). Training mode is never affected.
         autocast: ``"bfloat16"`` / ``"float16"`` (or the dtype) to run under autocast on the
             model's device; outputs are cast back to the input's dtype. ``None``: float32 as is.
         fullgraph: make a graph break an error (the glmha models compile as one graph).
-        freeze: let Inductor freeze the weights as constants (folds and prepacks them; CPU
-            inference only). Default: on when compiling a model in eval mode with
-            ``inference`` and no ``compile_mode``. A frozen model does not see later changes of its weights: optimize
-            again after loading new ones.
+        freeze: with ``scope="model"``, let Inductor freeze the weights as constants (folds
+            and prepacks them; CPU inference only). Default: on when compiling a model in eval
+            mode with ``inference`` and no ``compile_mode``. A frozen model does not see later
+            changes of its weights: optimize again after loading new ones.
         compile_mode: passed to ``torch.compile`` as ``mode`` (e.g. ``"max-autotune"``).
         compile_backend: ``torch.compile``'s backend; ``"eager"`` only captures the graph
             (quick: it checks for graph breaks without generating code).
+        scope: ``"blocks"`` (default): compile each module that holds an attention layer and
+            is called as a unit (:func:`compile_regions`), used while the wrapper runs (the
+            model called directly stays eager); the rest runs eagerly. ``"model"``: the whole
+            forward as one graph, with freezing.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -161,8 +198,18 @@ def optimize(
     autocast_dtype = _resolve_autocast(autocast)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     forward: Callable[..., Any] = model
-    if compile:
+    regions = compile_regions(model) if compile and scope == "blocks" else []
+    compiled_regions = []
+    if regions:
+        if freeze:
+            raise ValueError("freeze=True needs scope='model' (blocks of one shape share a graph, with the weights as inputs)")
+        for region in regions:  # as nn.Module.compile does, but kept by the wrapper: same-shaped blocks share one graph
+            compiled_regions.append((region, torch.compile(
+                region._call_impl, fullgraph=fullgraph, dynamic=False, mode=compile_mode, backend=compile_backend)))
+    elif compile:
         inductor = compile_backend == "inductor"
         if freeze is None:
             freeze = inference and not model.training and compile_mode is None and inductor
@@ -174,7 +221,30 @@ def optimize(
         )
     elif freeze:
         raise ValueError("freeze=True needs compile=True (freezing is an Inductor compile option)")
-    return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile)
+    return FastModel(model, forward, channels_last, inference, autocast_dtype, compiled=compile, compiled_regions=compiled_regions)
+
+
+def compile_regions(model: nn.Module) -> list[nn.Module]:
+    """The modules ``scope="blocks"`` compiles: for each attention layer of this package, the
+    nearest module above it that is called as a unit (not a ``Sequential``/``ModuleList``/``ModuleDict``).
+
+    Restormer: its transformer blocks; MST and MST++: their attention blocks (``MSAB``). Empty
+    for a model without such attention layers (it is then compiled whole).
+    """
+    from .attention.registry import FAMILIES, get_attention_class, list_attentions
+
+    classes = tuple({get_attention_class(name, family) for family in FAMILIES for name in list_attentions(family)})
+    modules = dict(model.named_modules())
+    regions: dict[int, nn.Module] = {}
+    for name, module in modules.items():
+        if not isinstance(module, classes):
+            continue
+        while name:
+            name = name.rpartition(".")[0]
+            if not isinstance(modules[name], (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                break
+        regions.setdefault(id(modules[name]), modules[name])
+    return list(regions.values())
 
 
 def _resolve_autocast(autocast: str | torch.dtype | None) -> torch.dtype | None:

@@ -4,13 +4,17 @@ Real CASSI measurements (the official ``meas_real`` files, 660 x 714) go to the 
 (:class:`glmha.models.mst_real.RealMST`), normalised as the official real test code does.
 
 Cubes are written as ``.mat`` (MATLAB v7.3, variable ``cube``, ``H x W x bands`` as the
-NTIRE 2022 and KAIST files hold them) or ``.npy`` (``bands x H x W``, float32).
+NTIRE 2022 and KAIST files hold them, and the band centres in nm as ``bands``, as NTIRE's)
+or ``.npy`` (``bands x H x W``, float32, with the band centres in ``<name>.json``). Previews:
+an sRGB rendering of each cube through the CIE 1931 observer and a strip of its bands, each
+with its own colour scale.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,23 +29,114 @@ MEASUREMENT_SUFFIXES = (".mat", ".npy")
 MEASUREMENT_KEYS = ("meas", "meas_real", "measurement", "y", "Y")
 
 
-def write_cube(path: str | os.PathLike, cube: torch.Tensor | np.ndarray, fmt: str = "mat") -> Path:
-    """Write a ``bands x H x W`` cube atomically as ``.mat`` (``cube``, H x W x bands) or ``.npy`` (bands x H x W)."""
+def band_wavelengths(bands: int) -> tuple[float, ...] | None:
+    """The band centres (nm) of this package's spectral models by band count: 31 (NTIRE 2022, MST++) or 28 (CASSI, MST)."""
+    from .data.synthetic_hsi import CASSI_WAVELENGTHS, RGB2HSI_WAVELENGTHS
+
+    return {len(RGB2HSI_WAVELENGTHS): RGB2HSI_WAVELENGTHS, len(CASSI_WAVELENGTHS): CASSI_WAVELENGTHS}.get(bands)
+
+
+def write_cube(path: str | os.PathLike, cube: torch.Tensor | np.ndarray, fmt: str = "mat", wavelengths: Sequence[float] | None = None) -> Path:
+    """Write a ``bands x H x W`` cube atomically as ``.mat`` (``cube``, H x W x bands) or ``.npy`` (bands x H x W).
+
+    ``wavelengths`` (band centres, nm) go into the ``.mat`` file as ``bands`` (1 x bands, as
+    the NTIRE 2022 files hold them), or beside the ``.npy`` file as ``<name>.json``.
+    """
     from .data.hyperspectral import write_mat
 
     array = cube.detach().float().cpu().numpy() if isinstance(cube, torch.Tensor) else np.asarray(cube, np.float32)
     if array.ndim == 4:
         array = array[0]
+    if wavelengths is not None and len(wavelengths) != array.shape[0]:
+        raise InputError(f"{len(wavelengths)} wavelengths for a cube of {array.shape[0]} bands")
     if fmt == "mat":
-        hwc = np.ascontiguousarray(array.transpose(1, 2, 0))
-        return atomic_write(path, lambda tmp: write_mat(tmp, {"cube": hwc}))
+        variables = {"cube": np.ascontiguousarray(array.transpose(1, 2, 0))}
+        if wavelengths is not None:
+            variables["bands"] = np.asarray(wavelengths, np.float64)[None]
+        return atomic_write(path, lambda tmp: write_mat(tmp, variables))
     if fmt == "npy":
         def save(tmp: str) -> None:
             with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
                 np.save(f, np.ascontiguousarray(array))
 
+        if wavelengths is not None:
+            about = {"layout": "bands x H x W", "wavelengths_nm": [float(w) for w in wavelengths]}
+            atomic_write(Path(path).with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(about, indent=1) + "\n"))
         return atomic_write(path, save)
     raise InputError(f"cube format must be one of {CUBE_FORMATS}, got {fmt!r}")
+
+
+def render_srgb(cube: torch.Tensor | np.ndarray, wavelengths: Sequence[float]) -> np.ndarray:
+    """An sRGB rendering (``H x W x 3`` in [0, 1], gamma-encoded) of a ``bands x H x W`` cube.
+
+    Each pixel's spectrum is read as a reflectance under CIE illuminant D65 and integrated
+    against the CIE 1931 2-degree observer at the band centres (colour-science's tables,
+    trapezoid weights); the XYZ values go to linear sRGB, are white-balanced so that a flat
+    spectrum is neutral over the bands the cube covers, scaled so that the 99th percentile is
+    1 (an exposure for viewing) and encoded with the sRGB transfer function.
+    """
+    import colour
+
+    array = cube.detach().float().cpu().numpy() if isinstance(cube, torch.Tensor) else np.asarray(cube, np.float32)
+    array = array[0] if array.ndim == 4 else array
+    wl = np.asarray(wavelengths, np.float64)
+    if array.shape[0] != len(wl):
+        raise InputError(f"{len(wl)} wavelengths for a cube of {array.shape[0]} bands")
+    cmfs = colour.MSDS_CMFS["CIE 1931 2 Degree Standard Observer"]
+    d65 = colour.SDS_ILLUMINANTS["D65"]
+    observer = np.stack([np.interp(wl, cmfs.wavelengths, cmfs.values[:, i]) for i in range(3)], axis=1)  # bands x 3
+    weights = observer * (np.interp(wl, d65.wavelengths, d65.values) * np.gradient(wl))[:, None]
+    xyz = np.tensordot(array.astype(np.float64), weights, axes=([0], [0]))  # H x W x 3
+    white = colour.XYZ_to_sRGB(weights.sum(0), apply_cctf_encoding=False)
+    linear = colour.XYZ_to_sRGB(xyz, apply_cctf_encoding=False) / white
+    linear = linear / max(float(np.percentile(linear, 99)), 1e-12)
+    return np.asarray(colour.cctf_encoding(np.clip(linear, 0, 1), function="sRGB"), np.float32)
+
+
+def plot_band_strip(cube: torch.Tensor | np.ndarray, wavelengths: Sequence[float] | None, path: str | os.PathLike, columns: int = 8) -> Path:
+    """A PNG of every band of a ``bands x H x W`` cube, each with its own colour scale (and colour bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    array = cube.detach().float().cpu().numpy() if isinstance(cube, torch.Tensor) else np.asarray(cube, np.float32)
+    array = array[0] if array.ndim == 4 else array
+    bands = array.shape[0]
+    columns = min(columns, bands)
+    rows = -(-bands // columns)
+    aspect = array.shape[1] / array.shape[2]
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows * aspect + 0.4), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if index >= bands:
+            continue
+        band = array[index]
+        shown = ax.imshow(band, cmap="gray", vmin=float(band.min()), vmax=float(band.max()))
+        ax.set_title(f"{wavelengths[index]:.1f} nm" if wavelengths is not None else f"band {index + 1}", fontsize=8)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def write_cube_outputs(
+    output_dir: Path, name: str, cube: torch.Tensor, fmt: str, wavelengths: Sequence[float] | None, preview: bool
+) -> Path:
+    """The cube file, and with ``preview`` ``<name>_srgb.png`` and ``<name>_bands.png`` beside it."""
+    from .images import write_png
+
+    written = write_cube(output_dir / f"{name}.{fmt}", cube, fmt, wavelengths)
+    if preview:
+        if wavelengths is None:
+            raise InputError(f"a preview needs the band wavelengths, which are unknown for a {cube.shape[-3]}-band model")
+        srgb = render_srgb(cube, wavelengths)
+        write_png(output_dir / f"{name}_srgb.png", torch.from_numpy(np.ascontiguousarray(srgb.transpose(2, 0, 1))))
+        plot_band_strip(cube, wavelengths, output_dir / f"{name}_bands.png")
+    return written
 
 
 def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
@@ -87,19 +182,31 @@ def reconstruct_rgb_files(
     paths: Iterable[Path],
     output_dir: str | os.PathLike,
     fmt: str = "mat",
-    tile: int | None = None,
+    tile: int | str | None = None,
     overlap: int = 32,
     progress: bool = True,
+    *,
+    max_memory: int | None = None,
+    precision: str = "fp32",
+    preview: bool = False,
 ) -> tuple[list[Path], list[str]]:
-    """RGB images to cubes with an MST++-style model; each image min-max normalised as the official test code.
+    """RGB images to cubes with an MST++-style model, as the official test code: each image
+    min-max normalised, the cube clipped to [0, 1].
 
-    Returns the written paths and one message per file that could not be read.
+    ``tile`` (a side, ``"auto"`` within ``max_memory`` bytes, or None), ``precision`` and
+    the tile progress bar as in :func:`glmha.restore`; the cubes carry their band
+    wavelengths, ``preview`` adds the renderings (:func:`write_cube_outputs`). Returns the
+    written paths and one message per file that could not be read.
     """
     from tqdm import tqdm
 
     from .data.hyperspectral import read_rgb
-    from .inference import restore
+    from .inference import activation_cost, default_memory_budget, restore
 
+    wavelengths = band_wavelengths(int(getattr(model, "out_channels", 0) or 0))
+    cost = activation_cost(model) if tile == "auto" else None
+    if tile == "auto":
+        max_memory = max_memory or default_memory_budget(next(model.parameters()).device)
     written, failed, used = [], [], set()
     for path in tqdm(list(paths), desc="reconstructing", unit="image", disable=not progress):
         try:
@@ -107,8 +214,8 @@ def reconstruct_rgb_files(
         except (ValueError, FileNotFoundError) as err:
             failed.append(str(err))
             continue
-        cube = restore(model, rgb, tile=tile, overlap=overlap)
-        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+        cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress, cost=cost)
+        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube.clamp(0, 1), fmt, wavelengths, preview))
     return written, failed
 
 
@@ -162,14 +269,20 @@ def reconstruct_cassi_files(
     step: int = 2,
     key: str | None = None,
     progress: bool = True,
+    *,
+    precision: str = "fp32",
+    preview: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """CASSI measurements (or cubes, measured first through ``mask``) to cubes with an MST model.
 
     The network takes the official inputs: ``H`` (the shifted-back measurement scaled by
     2 / bands) and the shifted 3-D mask ``Phi``. A measurement is ``H x (W + step (bands - 1))``
-    for an ``H x W`` mask. Returns the written paths and one message per file that failed.
+    for an ``H x W`` mask. ``precision`` as in :func:`glmha.restore`; the cubes carry their
+    band wavelengths, ``preview`` adds the renderings. Returns the written paths and one
+    message per file that failed.
     """
     from .data.cassi import mask_3d, mask_input, shift_back
+    from .inference import precision_context
 
     bands = int(model.out_channels)
     multiple = int(getattr(model, "size_multiple", 1))
@@ -180,8 +293,9 @@ def reconstruct_cassi_files(
     written, failed, used = [], [], set()
     for path, data in _measurements(paths, mask, bands, step, key, device, failed, progress):
         x = shift_back(data[None] / bands * 2, bands=bands, step=step)
-        cube = model(x, phi)
-        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+        with precision_context(precision, device):
+            cube = model(x, phi).float()
+        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube, fmt, band_wavelengths(bands), preview))
     return written, failed
 
 
@@ -194,26 +308,33 @@ def reconstruct_real_cassi_files(
     mask: torch.Tensor | None = None,
     key: str | None = None,
     progress: bool = True,
+    *,
+    precision: str = "fp32",
+    preview: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Real CASSI measurements (or cubes, measured through ``mask`` first) to cubes with a real-data MST.
 
     Each measurement (``H x (W + step (bands - 1))``, e.g. the official ``meas_real``, 660 x
     714) is clipped to [0, 1] and scaled to a maximum of 0.8, and the output cube clipped to
     [0, 1], as the official real test code does. The network does not use the coded aperture;
-    when ``mask`` is given, each measurement must fit it. Any size works. Returns the written
-    paths and one message per file that failed.
+    when ``mask`` is given, each measurement must fit it. Any size works. ``precision`` and
+    ``preview`` as in :func:`reconstruct_cassi_files`. Returns the written paths and one
+    message per file that failed.
     """
     from .data.cassi import normalize_real_measurement
+    from .inference import precision_context
 
     device = next(model.parameters()).device
     written, failed, used = [], [], set()
     for path, data in _measurements(paths, mask, int(model.bands), int(model.step), key, device, failed, progress):
         try:
-            cube = model(normalize_real_measurement(data)[None]).clamp(0, 1)
+            with precision_context(precision, device):
+                cube = model(normalize_real_measurement(data)[None]).float().clamp(0, 1)
         except ValueError as err:  # InputError included: a measurement the model cannot take
             failed.append(f"{path}: {err}")
             continue
-        written.append(write_cube(Path(output_dir) / f"{_output_name(Path(path), used)}.{fmt}", cube, fmt))
+        bands = int(model.bands)
+        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube, fmt, band_wavelengths(bands), preview))
     return written, failed
 
 

@@ -103,7 +103,7 @@ def test_rank_command_on_a_trained_model(tmp_path, capsys):
     glmha.save_weights(model, checkpoint)
     out = tmp_path / "rank"
     code = main(
-        ["rank", "--checkpoint", str(checkpoint), "--model-kwargs", json.dumps(TINY), "--output", str(out),
+        ["rank", "--checkpoint", str(checkpoint), "--output", str(out),  # the file records its model
          "--num-images", "2", "--size", "48", "--suggest", "--share", "0.9"]
     )
     assert code == 0

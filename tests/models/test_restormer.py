@@ -84,3 +84,15 @@ def test_size_must_be_multiple_of_eight_in_direct_call():
     model = glmha.create_model("restormer", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     with pytest.raises(ValueError, match="divisible by 8.*glmha.inference.restore"):
         model(torch.rand(1, 3, 20, 16))
+
+
+@pytest.mark.parametrize("norm_type", ["WithBias", "BiasFree"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layer_norm_of_a_half_precision_model(norm_type, dtype):
+    # model.to(bfloat16) / .half(): weights and input in half precision; the statistics are taken in float32
+    norm = ChannelLayerNorm(12, norm_type)
+    torch.nn.init.normal_(norm.body.weight)
+    x = torch.randn(2, 12, 5, 7) * 3 + 1
+    reference = norm(x)
+    out = norm.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype and (out.float() - reference).abs().max() < 0.1

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..attention.convert import swap_attention
+from ..attention.convert import swap_layer_attentions
 from ..attention.registry import FAMILIES, get_attention_class, list_attentions
 from ..checkpoint import atomic_write
 from ..inference import pad_to_multiple
@@ -426,17 +426,8 @@ def apply_ranks(model: nn.Module, ranks: dict[str, int], attention: str = "glmha
 
     Uses :func:`glmha.swap_attention` on the block that holds each layer, so the other
     layers and weights are kept; ``init="svd"`` warm-starts each new layer from the trained
-    CSA one. Layers not named keep their attention.
+    CSA one. Layers not named keep their attention. The model's build record
+    (``model.spec``) keeps the per-layer choice, so :func:`glmha.save_model` files rebuild it.
     """
-    layers = attention_modules(model)
-    unknown = sorted(set(ranks) - set(layers))
-    if unknown:
-        raise ValueError(f"no attention layer named {unknown[0]!r} in {type(model).__name__}; layers: {list(layers)}")
-    for name, rank in ranks.items():
-        parent = model.get_submodule(name.rpartition(".")[0])
-        if sum(1 for _ in attention_modules(parent)) != 1:  # the block must hold this layer only
-            raise ValueError(f"cannot swap {name!r} alone: its parent module holds several attention layers")
-        swap_attention(parent, attention, init=init, rank=rank, **attention_kwargs)
-    if isinstance(getattr(model, "attention", None), str):
-        model.attention = attention
-    return model
+    layers = {name: {"attention": attention, "attention_kwargs": {"rank": rank, **attention_kwargs}} for name, rank in ranks.items()}
+    return swap_layer_attentions(model, layers, init=init)

@@ -7,6 +7,8 @@ computes what the CSA one does. Details of the warm start: docs/attention.md.
 """
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -76,6 +78,33 @@ def swap_attention(model: nn.Module, attention: str, init: str = "random", **att
     for module in model.modules():  # models (and MST++'s stages) record their attention's name
         if isinstance(getattr(module, "attention", None), str):
             module.attention = attention
+    spec = getattr(model, "spec", None)
+    if spec is not None:  # the build record (glmha.create_model) now names the new attention for every layer
+        spec.attention, spec.attention_kwargs, spec.layers = attention, json.loads(json.dumps(attention_kwargs)), {}
+    return model
+
+
+def swap_layer_attentions(model: nn.Module, layers: dict[str, dict], init: str = "random") -> nn.Module:
+    """Swap each named attention layer for its own choice, in place: ``{layer name: {"attention": ..., "attention_kwargs": {...}}}``.
+
+    :func:`swap_attention` on the block that holds each layer, so other layers and weights
+    are kept (e.g. per-layer GLMHA ranks, :func:`glmha.analysis.eigen.apply_ranks`). The
+    model's build record (``model.spec``) keeps the choices, so a saved model rebuilds them.
+    """
+    found = {name for name, module in model.named_modules() if _attention_family(module) is not None}
+    unknown = sorted(set(layers) - found)
+    if unknown:
+        raise ValueError(f"no attention layer named {unknown[0]!r} in {type(model).__name__}; layers: {sorted(found)}")
+    for name, choice in layers.items():
+        parent_name = name.rpartition(".")[0]
+        if sum(1 for other in found if other.startswith(parent_name + ".") or not parent_name) != 1:
+            raise ValueError(f"cannot swap {name!r} alone: its parent module holds several attention layers")
+        swap_attention(model.get_submodule(parent_name), choice["attention"], init=init, **choice.get("attention_kwargs", {}))
+        if isinstance(getattr(model, "attention", None), str):
+            model.attention = choice["attention"]
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        spec.layers.update(json.loads(json.dumps(layers)))
     return model
 
 

@@ -38,13 +38,15 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Half-precision inputs (autocast) are normalised in float32; float32 is a no-op here.
+        # Half-precision weights (model.half()) are promoted alike: layer_norm takes one dtype.
         precise = torch.promote_types(x.dtype, torch.float32)
         pixels_by_channels = x.permute(0, 2, 3, 1).to(precise)
+        weight = self.body.weight.to(precise)
         if self.body.bias is not None:
-            out = F.layer_norm(pixels_by_channels, x.shape[1:2], self.body.weight, self.body.bias, self.eps)
+            out = F.layer_norm(pixels_by_channels, x.shape[1:2], weight, self.body.bias.to(precise), self.eps)
         else:
             var = torch.var(pixels_by_channels, dim=-1, keepdim=True, unbiased=False)
-            out = pixels_by_channels * torch.rsqrt(var + self.eps) * self.body.weight
+            out = pixels_by_channels * torch.rsqrt(var + self.eps) * weight
         return out.to(x.dtype).permute(0, 3, 1, 2)
 
 
