@@ -8,5 +8,5 @@ from .synthetic_hsi import SyntheticHSI, synthetic_scene  # noqa: E402
 # Restoration data: datasets in the official layouts, synthetic degradations of real photographs.
 from . import degradations, restoration  # noqa: F401,E402
 from .restoration import (  # noqa: E402
-    DatasetError, DNDImages, NoisyImageFolder, PairedImageFolder, SIDDBlocks, SyntheticPairs, read_image, write_synthetic_folder,
+    DatasetError, DNDImages, InputImages, NoisyImageFolder, PairedImageFolder, SIDDBlocks, SyntheticPairs, read_image, write_synthetic_folder,
 )

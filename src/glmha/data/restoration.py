@@ -303,6 +303,44 @@ def official_test_noise(image: np.ndarray, sigma: float) -> np.ndarray:
     return (image + noise).astype(np.float32)
 
 
+class InputImages(PairedSamples):
+    """Degraded images alone, for distillation (``glmha distill``): there is no ground truth.
+
+    Items are ``{"input", "target", "name"}`` with ``target`` a copy of the input, a placeholder
+    that distillation replaces with the teacher's output. ``normalize="minmax"`` maps each image's
+    minimum and maximum to 0 and 1, as the official MST++ loader prepares RGB inputs.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        patch_size: int | None = None,
+        augment: bool = False,
+        grayscale: bool = False,
+        bit_depth: int = 8,
+        normalize: str = "none",
+        seed: int = 0,
+    ):
+        super().__init__(patch_size, augment, seed)
+        if normalize not in ("none", "minmax"):
+            raise DatasetError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
+        self.files = list_images(root)
+        self.grayscale, self.bit_depth, self.normalize = grayscale, bit_depth, normalize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, index: int) -> str:
+        return str(self.files[index])
+
+    def load(self, index, rng):
+        image = read_image(self.files[index], self.grayscale, self.bit_depth)
+        if self.normalize == "minmax":
+            low, high = image.min(), image.max()
+            image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        return image, image.copy()
+
+
 class SIDDBlocks(PairedSamples):
     """The SIDD sRGB validation blocks: two ``.mat`` files of ``N x B x H x W x 3`` uint8 arrays.
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import restoration
-from ..inference import restore
+from ..inference import pad_to_multiple, restore
 from ..metrics import protocols
 from . import spectral
 
@@ -28,6 +28,7 @@ DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "noisy_folder": restoration.NoisyImageFolder,
     "sidd_blocks": restoration.SIDDBlocks,
     "dnd": restoration.DNDImages,
+    "input_folder": restoration.InputImages,
     "synthetic": restoration.SyntheticPairs,
     "arad1k": spectral.ARAD1KPairs,
     "synthetic_rgb2hsi": spectral.SyntheticRGBToHSI,
@@ -198,6 +199,91 @@ class RealCASSITask(CASSITask):
         return (batch["input"],)
 
 
+class DistillationTask:
+    """Teach a student to reproduce a teacher's outputs on inputs alone (``glmha distill``).
+
+    ``base`` is the task the teacher solves (a single-input one: restoration or RGB-to-HSI);
+    ``teacher`` a model or a checkpoint (:func:`glmha.load_model`, with ``preset`` for official
+    files). Before each step the teacher's output becomes the batch's ``target`` (the real
+    ground truth, if the data has one, is kept as ``ground_truth``), so the task's loss pulls the
+    student towards the teacher. ``feature_weight`` adds the L1 distance between the student's
+    and the teacher's block features (the outputs of the modules named ``encoder_level*``,
+    ``latent``, ``decoder_level*``, ``refinement`` or ``body``). Metrics: ``psnr_to_teacher``
+    (PSNR of the student's output against the teacher's, range 1) and, where the batch has a
+    ground truth, the base task's metrics of the student.
+    """
+
+    primary_metric = "psnr_to_teacher"
+    higher_is_better = True
+    FEATURE_MODULES = ("encoder_level", "latent", "decoder_level", "refinement", "body")
+
+    def __init__(self, base: str | Mapping[str, Any], teacher: str | nn.Module, preset: str | None = None, feature_weight: float = 0.0):
+        self.base = get_task(base)
+        if not isinstance(self.base, _SingleInputTask):
+            raise ValueError(f"distillation needs a task whose model takes the input image alone (restoration, rgb_to_hsi), not {self.base.name!r}")
+        if isinstance(teacher, nn.Module):
+            self.teacher = teacher
+        else:
+            from ..checkpoint import load_model
+
+            self.teacher = load_model(teacher, preset=preset, verbose=False)
+        self.teacher.eval().requires_grad_(False)
+        self.name = f"distill_{self.base.name}"
+        self.protocol = getattr(self.base, "protocol", "")
+        self.feature_weight = float(feature_weight)
+        self._teacher_features: list[torch.Tensor] = []
+        self._student_features: list[torch.Tensor] = []
+
+    def _feature_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for n, m in model.named_children() if n.startswith(self.FEATURE_MODULES)]
+
+    @torch.no_grad()
+    def prepare_batch(self, batch: Mapping[str, torch.Tensor]) -> dict:
+        x = batch["input"]
+        self.teacher.to(x.device)
+        hooks = [m.register_forward_hook(lambda _m, _i, out: self._teacher_features.append(out)) for m in self._feature_modules(self.teacher)] \
+            if self.feature_weight else []
+        self._teacher_features = []
+        try:
+            h, w = x.shape[-2:]
+            target = self.teacher(pad_to_multiple(x, int(getattr(self.teacher, "size_multiple", 1))))[..., :h, :w]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prepared = {**batch, "target": target.float()}
+        if "target" in batch:
+            prepared["ground_truth"] = batch["target"]
+        return prepared
+
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not self.feature_weight:
+            return model(batch["input"])
+        self._student_features = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: self._student_features.append(out)) for m in self._feature_modules(getattr(model, "module", model))]
+        try:
+            return model(batch["input"])
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """The feature term of the last ``forward`` (None without ``feature_weight``)."""
+        if not self.feature_weight or not self._student_features:
+            return None
+        terms = [F.l1_loss(s.float(), t.float()) for s, t in zip(self._student_features, self._teacher_features)]
+        return self.feature_weight * sum(terms) / len(terms)
+
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+        return self.base.predict(model, batch, tile=tile)
+
+    def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
+        mse = (pred.double() - batch["target"].double()).pow(2).flatten(1).mean(1)
+        values = {"psnr_to_teacher": 10 * torch.log10(1.0 / mse.clamp_min(1e-20)).cpu()}
+        if "ground_truth" in batch:
+            values.update(self.base.metrics(pred, {**batch, "target": batch["ground_truth"]}, protocol))
+        return values
+
+
 def _check_protocol(task, protocol: str | None) -> None:
     if protocol not in (None, task.protocol):
         raise ValueError(f"the {task.name} task is scored with the {task.protocol!r} protocol, not {protocol!r}")
@@ -212,6 +298,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "rgb_to_hsi": RGBToHSITask,
     "cassi": CASSITask,
     "real_cassi": RealCASSITask,
+    "distill": DistillationTask,
 }
 
 

@@ -274,6 +274,12 @@ def mixup(batch: dict, beta: float, use_identity: bool, rng: np.random.Generator
     return {**batch, **mixed}
 
 
+def prepare_batch(task, batch: dict) -> dict:
+    """A task's own step on a batch on its device before the model sees it (distillation: the teacher's outputs)."""
+    prepare = getattr(task, "prepare_batch", None)
+    return prepare(batch) if prepare is not None else batch
+
+
 @torch.no_grad()
 def validate(model: nn.Module, task, dataset, device: torch.device, precision: str = "fp32", max_items: int | None = None) -> dict[str, float]:
     """Mean of the task's metrics over ``dataset`` (whole images, one at a time)."""
@@ -283,7 +289,7 @@ def validate(model: nn.Module, task, dataset, device: torch.device, precision: s
     count = 0
     for index in range(len(dataset) if max_items is None else min(max_items, len(dataset))):
         item = dataset[index]
-        batch = _to_device({k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in item.items()}, device)
+        batch = prepare_batch(task, _to_device({k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in item.items()}, device))
         with _autocast(device, precision):
             pred = task.predict(model, batch)
         for name, values in task.metrics(pred.float(), batch).items():
@@ -420,9 +426,13 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
             if settings.mixup:
                 batch = mixup(batch, float(settings.mixup["beta"]), bool(settings.mixup.get("use_identity", False)),
                               batch_generator(seed, iteration, 1 + ctx.rank))
+            batch = prepare_batch(task, batch)
             with _autocast(device, precision):
                 pred = task.forward(net, batch)
             loss = loss_fn(pred.float(), batch["target"])
+            extra = task.extra_loss() if hasattr(task, "extra_loss") else None
+            if extra is not None:
+                loss = loss + extra
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at iteration {iteration + 1}; lower the learning rate or check the data")
             optimizer.zero_grad(set_to_none=True)
