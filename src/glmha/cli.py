@@ -460,6 +460,7 @@ def _add_study(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0 .. N-1 (default: 3)")
     parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="the demo's training budgets (default: default)")
     parser.add_argument("--reference", default=None, help="the variant differences are taken against (default: the first)")
+    parser.add_argument("--test-images", type=int, default=16, help="held-out images per task (default: 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
@@ -469,10 +470,65 @@ def _run_study(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
     try:
-        result = run_study(args.output, args.tasks, args.variants, args.seeds, args.budget, args.device, args.reference)
+        result = run_study(args.output, args.tasks, args.variants, args.seeds, args.budget, args.device, args.reference,
+                           test_images=args.test_images)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(f"\n{result.markdown.read_text()}\nwritten: {result.markdown}, {result.json}, {result.figure} ({result.seconds / 60:.1f} min)")
+
+
+# --------------------------------------------------------------------------- distill
+def _add_distill(parser: argparse.ArgumentParser) -> None:
+    from .presets import list_presets
+
+    parser.add_argument("--teacher", required=True, help="the CSA model: this project's checkpoint or run folder, or an official .pth with --preset")
+    parser.add_argument("--preset", choices=list_presets(), default=None, metavar="PRESET", help="the teacher's official release settings")
+    parser.add_argument("--inputs", required=True, help="'builtin' (the task's built-in data) or a folder of degraded images (no ground truth needed)")
+    parser.add_argument("--test", default=None, help="held-out data: 'builtin', a folder with input/ and target/ (task metrics too), or a folder of inputs")
+    parser.add_argument("--output", required=True, help="run folder (an existing one is resumed)")
+    parser.add_argument("--task", default=None, help="deraining, gaussian_denoising, rgb_to_hsi, ... (default: from the preset or the model)")
+    ranks = parser.add_mutually_exclusive_group()
+    ranks.add_argument("--rank-ratio", type=float, default=None, help="one GLMHA rank ratio for every layer")
+    ranks.add_argument("--share", type=float, default=0.95,
+                       help="per-layer ranks keeping this share of each attention spectrum on the inputs (default: 0.95, as glmha rank --suggest)")
+    parser.add_argument("--iterations", type=int, default=1000, help="training iterations (default: 1000)")
+    parser.add_argument("--batch-size", type=int, default=4, help="default: 4")
+    parser.add_argument("--patch-size", type=int, default=64, help="training crop side (default: 64)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate, cosine-annealed (default: 2e-4)")
+    parser.add_argument("--feature-weight", type=float, default=0.0,
+                        help="weight of the L1 distance between student and teacher block features (default: 0, outputs only)")
+    parser.add_argument("--builtin-images", type=int, default=24, help="images of the built-in data (default: 24; 8 held out)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+
+
+def _run_distill(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .distill import data_spec, default_task, distill
+
+    for name in ("iterations", "batch_size", "patch_size", "builtin_images"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 0 < args.share <= 1 or (args.rank_ratio is not None and not 0 < args.rank_ratio <= 1):
+        raise CommandError("--share and --rank-ratio must be in (0, 1]")
+    try:
+        teacher = load_model(args.teacher, args.device or "cpu", args.preset, verbose=False)
+        task = args.task or default_task(teacher)
+        grey = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1  # grey denoisers
+        spectral = task == "rgb_to_hsi"
+        train_data = data_spec(task, args.inputs, grey, args.builtin_images, seed=args.seed,
+                               crop_size=args.patch_size if spectral else None)
+        if not spectral or train_data["type"] != "synthetic_rgb2hsi":
+            train_data.pop("crop_size", None)
+        test_data = None if args.test is None else data_spec(task, args.test, grey, max(1, args.builtin_images // 3), seed=args.seed + 1000)
+        result = distill(teacher, args.output, train_data, test_data, task=task, rank_ratio=args.rank_ratio, share=args.share,
+                         iterations=args.iterations, batch_size=args.batch_size,
+                         patch_size=None if train_data["type"] == "synthetic_rgb2hsi" else args.patch_size,
+                         lr=args.lr, feature_weight=args.feature_weight, seed=args.seed, device=args.device)
+    except (ValueError, CheckpointError) as err:
+        raise CommandError(str(err)) from None
+    print(result.report.read_text())
+    print(f"student: {result.student}")
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -598,6 +654,13 @@ COMMANDS = {
         "train attention variants side by side over seeds on built-in tasks; means, spreads and paired differences",
         "glmha study\n  glmha study --tasks deraining --variants csa glmha glmha:rank_ratio=0.25 --seeds 5\n"
         "  glmha study --budget tiny --output /tmp/study  # seconds, for a try",
+    ),
+    "distill": (
+        _add_distill,
+        _run_distill,
+        "a trained CSA model (an official release file too) into GLMHA, from input images alone",
+        "glmha distill --teacher runs/restormer_deraining_csa --inputs builtin --test builtin --output distilled/\n"
+        "  glmha distill --teacher deraining.pth --preset deraining --inputs rainy/ --test Test100/ --output distilled/ --iterations 20000",
     ),
     "complexity": (
         _add_complexity,

@@ -22,6 +22,7 @@ keeping 95 % of the attention spectrum of the same seed's trained reference mode
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -298,8 +299,13 @@ def run_study(
     reference: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    test_images: int | None = 16,
 ) -> StudyResult:
-    """Train every variant of every task for every seed (resuming what is done) and write the report."""
+    """Train every variant of every task for every seed (resuming what is done) and write the report.
+
+    ``test_images`` replaces the budget's number of held-out images (None keeps it): the demo
+    shows a few, a study needs enough of them that the test set does not decide the ranking.
+    """
     from .demo import BUDGETS
 
     if budget not in BUDGETS:
@@ -317,6 +323,10 @@ def run_study(
     output_dir = Path(output_dir)
     start = time.monotonic()
     settings = BUDGETS[budget]
+    if test_images is not None:
+        if test_images < 1:
+            raise ValueError(f"test_images must be at least 1, got {test_images}")
+        settings = dataclasses.replace(settings, test_images=test_images)
     # the reference first: per-layer rank variants read its trained model
     ordered = sorted(parsed, key=lambda v: (v.spec != reference, v.ranks_share is not None))
     runs: list[RunScores] = []
@@ -338,10 +348,11 @@ def run_study(
                 runs.append(run_variant(task, variant, seed, folder, device, reference_folder, progress))
     rows = summarise(runs, reference, higher)
     markdown = format_summary(rows, reference)
-    intro = (f"Budget `{budget}` ({settings.iterations} iterations per model), seeds {seed_list}, device `{device}`; "
+    intro = (f"Budget `{budget}` ({settings.iterations} iterations per model, {settings.test_images} held-out images per task), "
+             f"seeds {seed_list}, device `{device}` ({torch.get_num_threads()} threads); "
              f"differences are paired by seed against `{reference}`, with the half-width of the 95 % t interval.")
     md_path = atomic_write(output_dir / "study.md", lambda tmp: Path(tmp).write_text(f"# glmha study\n\n{intro}\n\n{markdown}\n"))
-    payload = {"budget": budget, "seeds": seed_list, "reference": reference, "device": str(device), "tasks": list(tasks),
+    payload = {"budget": budget, "test_images": settings.test_images, "threads": torch.get_num_threads(), "seeds": seed_list, "reference": reference, "device": str(device), "tasks": list(tasks),
                "variants": [v.spec for v in parsed], "rows": rows, "runs": [asdict(r) for r in runs]}
     json_path = atomic_write(output_dir / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
     figure = plot_quality_vs_macs(rows, output_dir / "quality_vs_macs.png", primary)

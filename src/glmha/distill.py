@@ -1,0 +1,229 @@
+"""``glmha distill``: a trained CSA model (an official release file included) into GLMHA, without its training data.
+
+1. The student is the teacher with its channel attention swapped for GLMHA, warm-started by
+   truncated SVD of the teacher's key/value projections (:func:`glmha.swap_attention`), with
+   one rank for all layers (``rank_ratio``) or, by default, per-layer ranks that keep
+   ``share`` of each layer's attention spectrum measured on the training inputs
+   (:func:`glmha.analysis.eigen.suggest_ranks`, as ``glmha rank --suggest``).
+2. The student learns to reproduce the teacher's outputs on degraded inputs alone (no ground
+   truth): the engine trains it with the teacher's output as the target
+   (:class:`glmha.engine.tasks.DistillationTask`), with the engine's checkpoints, resume,
+   AMP, DDP and progress.
+3. A report compares student and teacher on held-out inputs: PSNR of the student's output
+   against the teacher's, parameters and MACs, and, where the held-out data have ground
+   truths, both models' task metrics.
+
+The run folder holds ``teacher.safetensors`` and ``student_init.safetensors`` (self-describing),
+the engine's files (``model.safetensors`` is the distilled student), ``distill.md`` and
+``distill.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+
+# The engine task a teacher is distilled on, from its preset or its architecture.
+PRESET_TASKS = {
+    "deraining": "deraining", "motion_deblurring": "motion_deblurring", "single_image_defocus_deblurring": "defocus_deblurring",
+    "real_denoising": "real_denoising", "gaussian": "gaussian_denoising", "mst_plus_plus": "rgb_to_hsi",
+}
+MODEL_TASKS = {"restormer": "deraining", "mst_plus_plus": "rgb_to_hsi"}
+
+
+def default_task(model: nn.Module) -> str:
+    """The task a teacher is distilled on when none is given: from its preset, else its architecture."""
+    spec = getattr(model, "spec", None)
+    preset = getattr(spec, "preset", None) or ""
+    for prefix, task in PRESET_TASKS.items():
+        if preset.startswith(prefix):
+            return task
+    if getattr(model, "dual_pixel_task", False) or preset.startswith("dual_pixel"):
+        raise ValueError("a dual-pixel teacher takes view pairs; distillation takes single images (Restormer, MST++)")
+    name = getattr(spec, "name", None) or type(model).__name__.lower()
+    if name not in MODEL_TASKS:
+        raise ValueError(f"distillation covers Restormer and MST++ teachers; this one is {name!r}")
+    return MODEL_TASKS[name]
+
+
+def build_student(teacher: nn.Module, analysis_inputs: list[torch.Tensor], rank_ratio: float | None = None,
+                  share: float = 0.95) -> tuple[nn.Module, dict[str, int] | None]:
+    """The GLMHA student of ``teacher``: a copy with SVD-initialised GLMHA, one rank ratio or per-layer ranks."""
+    from . import swap_attention
+    from .analysis.eigen import apply_ranks, attention_spectra, suggest_ranks
+
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    if rank_ratio is not None:
+        return swap_attention(student, "glmha", init="svd", rank_ratio=rank_ratio), None
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    with torch.no_grad():
+        spectra = attention_spectra(teacher.eval(), [(x,) for x in analysis_inputs])
+    ranks = suggest_ranks(spectra, share)
+    return apply_ranks(student, ranks, "glmha", init="svd"), ranks
+
+
+def data_spec(task: str, inputs: str | os.PathLike, grayscale: bool = False, count: int = 24, size: int = 96,
+              seed: int = 0, crop_size: int | None = None) -> dict[str, Any]:
+    """A dataset entry for ``inputs``: ``"builtin"`` (the task's synthetic data from the installed sample
+    images, with ground truths) or a folder: ``input/`` and ``target/`` inside it make paired data,
+    otherwise its images are degraded inputs alone (min-max normalised for RGB-to-HSI, as MST++ reads RGB)."""
+    from .data.restoration import SYNTHETIC_TASKS
+
+    if str(inputs) == "builtin":
+        if task == "rgb_to_hsi":
+            return {"type": "synthetic_rgb2hsi", "count": count, "size": size, "seed": seed, "crop_size": crop_size, "augment": crop_size is not None}
+        if task not in SYNTHETIC_TASKS:
+            raise ValueError(f"there are no built-in inputs for the {task!r} task; give a folder of images")
+        return {"type": "synthetic", "task": task, "num_images": count, "image_size": size, "seed": seed,
+                "grayscale": grayscale, "augment": crop_size is not None}
+    folder = Path(inputs)
+    if not folder.is_dir():
+        raise ValueError(f"inputs must be 'builtin' or a folder of images, got {str(inputs)!r}")
+    if (folder / "input").is_dir() and (folder / "target").is_dir():
+        if task == "rgb_to_hsi":
+            raise ValueError(f"{folder}: paired RGB-to-HSI data are ARAD-1K folders (glmha evaluate); give RGB images alone here")
+        return {"type": "paired_folder", "root": str(folder), "grayscale": grayscale}
+    return {"type": "input_folder", "root": str(folder), "grayscale": grayscale,
+            "normalize": "minmax" if task == "rgb_to_hsi" else "none", "augment": crop_size is not None}
+
+
+@dataclass
+class DistillResult:
+    output_dir: Path
+    student: Path
+    report: Path
+    summary: dict[str, Any]
+
+
+def _batches(spec: Mapping[str, Any], limit: int | None = None) -> list[dict]:
+    from .engine.tasks import build_dataset
+
+    dataset = build_dataset(spec)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return [{k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in dataset[i].items()} for i in range(count)]
+
+
+@torch.no_grad()
+def compare(task, teacher: nn.Module, student: nn.Module, test_data: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Student against teacher on held-out data: PSNR to the teacher, both models' task metrics when there are ground truths."""
+    from .analysis import profile
+    from .engine.trainer import _to_device, prepare_batch
+
+    teacher, student = teacher.to(device).eval(), student.to(device).eval()
+    rows = []
+    for batch in _batches(test_data):
+        batch = prepare_batch(task, _to_device(batch, device))
+        pred = task.predict(student, batch).float()
+        row = {k: float(v[0]) for k, v in task.metrics(pred, batch).items()}
+        if "ground_truth" in batch:
+            teacher_scores = task.base.metrics(batch["target"], {**batch, "target": batch["ground_truth"]})
+            row.update({f"teacher_{k}": float(v[0]) for k, v in teacher_scores.items()})
+        rows.append(row)
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    example = _to_device(_batches(test_data, 1)[0], device)["input"]
+    sizes = {name: profile(model, example) for name, model in (("teacher", teacher), ("student", student))}
+    return {
+        "images": len(rows), "metrics": means, "per_image": rows,
+        "params": {k: v.params for k, v in sizes.items()}, "macs": {k: v.macs for k, v in sizes.items()},
+        "input_size": list(example.shape[-2:]),
+    }
+
+
+def distill(
+    teacher: str | os.PathLike | nn.Module,
+    output_dir: str | os.PathLike,
+    train_data: Mapping[str, Any],
+    test_data: Mapping[str, Any] | None = None,
+    *,
+    task: str | None = None,
+    preset: str | None = None,
+    rank_ratio: float | None = None,
+    share: float = 0.95,
+    iterations: int = 1000,
+    batch_size: int = 4,
+    patch_size: int | None = 64,
+    lr: float = 2e-4,
+    loss: str = "l1",
+    feature_weight: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> DistillResult:
+    """Distil ``teacher`` into a GLMHA student (see the module doc); returns the student's file and the report."""
+    from .checkpoint import load_model, save_model
+    from .engine.tasks import DistillationTask
+    from .engine.trainer import train
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    teacher_model = teacher if isinstance(teacher, nn.Module) else load_model(teacher, preset=preset, verbose=False)
+    teacher_model = teacher_model.cpu().eval()
+    task = task or default_task(teacher_model)
+    teacher_path = save_model(teacher_model, output_dir / "teacher.safetensors")
+    init_path = output_dir / "student_init.safetensors"
+    if init_path.is_file():  # a resumed run keeps the student it started with
+        student, ranks = load_model(init_path, verbose=False).train(), None
+    else:
+        torch.manual_seed(seed)
+        analysis = [b["input"] for b in _batches(train_data, 4)]
+        student, ranks = build_student(teacher_model, analysis, rank_ratio, share)
+        save_model(student, init_path)
+    spec = getattr(student, "spec", None)
+    config = {
+        "task": {"name": "distill", "base": task, "teacher": str(teacher_path), "feature_weight": feature_weight},
+        "seed": seed,
+        "model": {"name": getattr(spec, "name", type(student).__name__.lower()), "attention": "glmha"},
+        "data": {"train": dict(train_data), **({"val": dict(test_data)} if test_data else {})},
+        "optimizer": {"name": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weight_decay": 1e-4},
+        "scheduler": {"name": "CosineAnnealingLR", "T_max": iterations, "eta_min": lr / 100},
+        "train": {"total_iters": iterations, "batch_size": batch_size, "patch_size": patch_size, "loss": loss,
+                  "val_every": iterations, "checkpoint_every": max(1, min(iterations, 1000)), "log_every": max(1, iterations // 20),
+                  "progress": progress, "tensorboard": False},
+    }
+    if patch_size is None:
+        del config["train"]["patch_size"]
+    atomic_write(output_dir / "distill_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
+    result = train(config, output_dir=output_dir, device=device, model=student, resume=resume, max_steps=max_steps)
+    device = torch.device(device) if device else next(student.parameters()).device
+    summary: dict[str, Any] = {"task": task, "iterations": result.iteration, "finished": result.finished,
+                               "rank_ratio": rank_ratio, "share": None if rank_ratio is not None else share, "ranks": ranks}
+    if test_data:
+        engine_task = DistillationTask(task, teacher_model)
+        summary.update(compare(engine_task, teacher_model, student, test_data, device))
+    report = atomic_write(output_dir / "distill.md", lambda tmp: Path(tmp).write_text(format_report(summary)))
+    atomic_write(output_dir / "distill.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+    return DistillResult(output_dir, Path(result.weights), report, summary)
+
+
+def format_report(summary: Mapping[str, Any]) -> str:
+    """The Markdown report of a distillation run."""
+    lines = [f"# glmha distill ({summary['task']})", "",
+             f"{summary['iterations']} iterations; student ranks: "
+             + (f"rank ratio {summary['rank_ratio']}" if summary.get("rank_ratio") is not None else f"per layer, keeping {summary['share']:.0%} of each spectrum"),
+             ""]
+    if "metrics" in summary:
+        params, macs = summary["params"], summary["macs"]
+        lines += [
+            f"Held-out images: {summary['images']} of {summary['input_size'][0]}x{summary['input_size'][1]}.", "",
+            "| | teacher | student | saved |", "| --- | ---: | ---: | ---: |",
+            f"| parameters | {params['teacher']:,} | {params['student']:,} | {1 - params['student'] / params['teacher']:.1%} |",
+            f"| GMACs | {macs['teacher'] / 1e9:.3f} | {macs['student'] / 1e9:.3f} | {1 - macs['student'] / macs['teacher']:.1%} |",
+            "", f"Student against teacher: PSNR {summary['metrics']['psnr_to_teacher']:.2f} dB.", "",
+        ]
+        task_metrics = [k for k in summary["metrics"] if k != "psnr_to_teacher" and not k.startswith("teacher_")]
+        if task_metrics:
+            lines += ["| task metric | teacher | student |", "| --- | ---: | ---: |"]
+            lines += [f"| {k} | {summary['metrics'][f'teacher_{k}']:.4f} | {summary['metrics'][k]:.4f} |" for k in task_metrics]
+    return "\n".join(lines) + "\n"
