@@ -113,10 +113,11 @@ def test_activation_cost_of_a_restormer_is_linear_in_pixels(tiny):
 
 def test_plan_tile():
     cost = ActivationCost(bytes_per_pixel=1000.0, fixed_bytes=0.0)
+    margin = glmha.inference._MARGIN  # what a command holds besides the model's tensors
     assert plan_tile(100, 100, cost, 1e9, multiple=8) is None  # fits whole
     side = plan_tile(4000, 6000, cost, 2**30, multiple=8, overlap=32, image_bytes_per_pixel=28)
-    assert side % 8 == 0 and 1.5 * 1000 * side**2 + 64 * 2**20 + 28 * 4000 * 6000 <= 2**30
-    assert 1.5 * 1000 * (side + 8) ** 2 + 64 * 2**20 + 28 * 4000 * 6000 > 2**30  # the largest such tile
+    assert side % 8 == 0 and 1.5 * 1000 * side**2 + margin + 28 * 4000 * 6000 <= 2**30
+    assert 1.5 * 1000 * (side + 8) ** 2 + margin + 28 * 4000 * 6000 > 2**30  # the largest such tile
     wide = plan_tile(40, 100_000, cost, 2**30, multiple=8)  # shorter than a square tile: as tall as the image
     assert wide > 40 and 1.5 * 1000 * 40 * wide <= 2**30
     with pytest.raises(InputError, match="too small for a 4000x6000 image: the smallest tile"):
@@ -137,7 +138,7 @@ def test_auto_tile_runs_whole_when_it_fits(tiny):
 def test_auto_tile_tiles_within_the_budget(tiny):
     x = torch.rand(1, 3, 200, 150)
     cost = activation_cost(tiny)
-    budget = int(64 * 2**20 + 1.5 * cost.bytes_for(96 * 96) + 7 * 4 * 200 * 150)
+    budget = int(glmha.inference._MARGIN + 1.5 * cost.bytes_for(96 * 96) + 7 * 4 * 200 * 150)
     seen = []
     hook = tiny.patch_embed.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
     try:
