@@ -117,6 +117,19 @@ def test_smsa_positional_branch_reads_the_query_projection():
     torch.testing.assert_close(with_branch - glmha(x), expected, rtol=0, atol=1e-5)
 
 
+def test_smsa_positional_branch_can_read_the_input():
+    dim = 12
+    glmha = build_attention("glmha", "smsa", dim=dim, num_heads=1, dim_head=dim, positional="input")
+    x = torch.randn(1, 5, 6, dim)
+    with_branch = glmha(x)
+    expected = glmha.pos_emb(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    with torch.no_grad():
+        glmha.pos_emb[2].weight.zero_()
+    torch.testing.assert_close(with_branch - glmha(x), expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="positional must be 'query' or 'input', got 'value'"):
+        SpectralGLMHA(dim, 1, dim, positional="value")
+
+
 def test_weight_gating_equals_activation_gating():
     weight, x, gate = torch.randn(6, 10), torch.randn(3, 10, 17), torch.rand(3, 10)
     torch.testing.assert_close(gated_projection(weight, x, gate, True), gated_projection(weight, x, gate, False))

@@ -165,9 +165,10 @@ class SpectralGLMHA(nn.Module):
     """GLMHA for MST / MST++'s S-MSA: ``forward(x: B x H x W x C, mask=None) -> B x H x W x C``.
 
     ``to_q`` keeps ``C`` outputs; ``to_k`` and ``to_v`` give ``rank`` channels from the calibrated
-    input. The positional branch reads the query projection (the values are short now). With
-    ``mask_guided=True`` (MST) the mask-guided map weights the input of the value projection:
-    ``V = W_v (g * X * M)``. Options as :class:`GLMHA`.
+    input. The positional branch reads the query projection (the values are short now), or,
+    with ``positional="input"``, the block's input itself (docs/ablations.md compares the two).
+    With ``mask_guided=True`` (MST) the mask-guided map weights the input of the value
+    projection: ``V = W_v (g * X * M)``. Other options as :class:`GLMHA`.
     """
 
     def __init__(
@@ -182,8 +183,12 @@ class SpectralGLMHA(nn.Module):
         reduction: int = 8,
         calibration: bool = True,
         gate_weights: bool = True,
+        positional: str = "query",
     ):
         super().__init__()
+        if positional not in ("query", "input"):
+            raise ValueError(f"positional must be 'query' or 'input', got {positional!r}")
+        self.positional = positional
         if num_heads * dim_head != dim:
             raise ValueError(
                 f"GLMHA's S-MSA needs num_heads * dim_head == dim (its positional branch reads the "
@@ -237,5 +242,6 @@ class SpectralGLMHA(nn.Module):
         v = v.reshape(b, self.num_heads, -1, h * w)
         out = channel_attention(q, k, v, self.rescale)  # B x heads x d x N
         out_c = self.proj(out.permute(0, 3, 1, 2).reshape(b, h * w, c)).view(b, h, w, c)
-        out_p = self.pos_emb(q_inp.reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        positional_input = q_inp if self.positional == "query" else tokens
+        out_p = self.pos_emb(positional_input.reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return out_c + out_p
