@@ -194,3 +194,23 @@ def test_save_model_needs_a_record(tmp_path):
 
     with pytest.raises(CheckpointError, match="has no build record"):
         glmha.save_model(Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1), tmp_path / "x.safetensors")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
+    from glmha.checkpoint import read_state_dict
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"params": {"w": torch.zeros(1)}, "payload": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="objects other than tensors") as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
+    assert not marker.exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,8 +39,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused what the pickle holds (its message suggests unsafe loading)
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain values; "
+                              "it was not loaded (only weights files are read)") from None
     except Exception as err:  # any reader failure means the same thing to the user
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
     return extract_state_dict(obj, source=str(path))
 
 

@@ -167,3 +167,67 @@ def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
     assert saved and done >= 4 and done % 2 == 0
     resumed = train(DERAIN, overrides, variant="smoke", output_dir=out, max_steps=2)
     assert resumed.iteration == done + 2
+
+
+class _Payload:
+    """Pickles into a call that creates ``marker``: loading it unsafely would run code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A smoke run stopped after 2 iterations (one checkpoint), copied by each test that damages it."""
+    out = tmp_path_factory.mktemp("stopped")
+    train(DERAIN, QUIET, variant="smoke", output_dir=out, max_steps=2)
+    return out
+
+
+def _copy_run(source, tmp_path):
+    import shutil
+
+    return shutil.copytree(source, tmp_path / "run")
+
+
+def test_training_state_is_plain_tensors_and_values(stopped_run):
+    state = torch.load(latest_checkpoint(stopped_run)[1], weights_only=True)
+    assert state["iteration"] == 2 and isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_crafted_state_file_runs_no_code_and_is_one_line(stopped_run, tmp_path, capsys, how):
+    import pickle
+
+    from glmha.checkpoint import CheckpointError
+    from glmha.cli import main
+
+    out = _copy_run(stopped_run, tmp_path)
+    state_path = latest_checkpoint(out)[1]
+    marker = tmp_path / "code_ran"
+    if how == "torch.save":
+        torch.save({"iteration": 2, "payload": _Payload(marker)}, state_path)
+    else:
+        state_path.write_bytes(pickle.dumps({"iteration": 2, "payload": _Payload(marker)}))
+    with pytest.raises(CheckpointError, match="not a readable glmha training state"):
+        train(DERAIN, QUIET, variant="smoke", output_dir=out)
+    assert main(["train", str(DERAIN), *QUIET, "--smoke", "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glmha train: error: ") and str(state_path) in err and "\n" not in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["pointer", "weights", "state"])
+def test_damaged_checkpoint_is_one_line_naming_the_file(stopped_run, tmp_path, capsys, damage):
+    from glmha.cli import main
+
+    out = _copy_run(stopped_run, tmp_path)
+    weights, state = latest_checkpoint(out)
+    damaged = {"pointer": out / "checkpoints" / "latest.json", "weights": weights, "state": state}[damage]
+    damaged.write_bytes(damaged.read_bytes()[: len(damaged.read_bytes()) // 2])
+    assert main(["train", str(DERAIN), *QUIET, "--smoke", "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glmha train: error: ") and str(damaged) in err and "\n" not in err

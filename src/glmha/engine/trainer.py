@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoint import atomic_write, load_checkpoint, save_weights
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_weights
 from ..models import create_model
 from .config import ConfigError, load_config
 from .distributed import DistributedContext, init_distributed
@@ -188,8 +190,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping | None):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# The training state is saved as tensors and plain Python values only, so that it loads with
+# ``torch.load(weights_only=True)``: reading a run folder never runs code from a pickle.
+STATE_KEYS = ("iteration", "samples_seen", "optimizer", "scaler", "rng")
+_CHECKPOINT_NAME = re.compile(r"iter_\d+\.(safetensors|state\.pt)")
+
+
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -197,10 +212,31 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"].tolist()), python_state["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    """The training state of a checkpoint (optimizer, scheduler, scaler, RNG states, counters).
+
+    Loaded with ``weights_only=True``; a file that is damaged or holds anything but tensors and
+    plain values is refused with :class:`CheckpointError` naming it.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged zip, foreign pickle, objects weights_only refuses: all the same to the user
+        reason = "it holds objects other than tensors and plain values" if isinstance(err, pickle.UnpicklingError) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable glmha training state ({reason}); it was not loaded. "
+                              "Resume from another checkpoint or start afresh in another --output-dir") from None
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise CheckpointError(f"{path} is not a glmha training state: it lacks {[k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]}")
+    return state
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, Path] | None:
@@ -208,10 +244,16 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, Path] | None
     pointer = Path(output_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
         return None
-    entry = json.loads(pointer.read_text())
-    weights, state = pointer.parent / entry["weights"], pointer.parent / entry["state"]
+    try:
+        entry = json.loads(pointer.read_text())
+        names = entry["weights"], entry["state"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{pointer} is damaged: expected JSON naming the newest checkpoint's weights and state files") from None
+    if not all(isinstance(name, str) and _CHECKPOINT_NAME.fullmatch(name) for name in names):
+        raise CheckpointError(f"{pointer} names {names}, which are not checkpoint files of this folder")
+    weights, state = pointer.parent / names[0], pointer.parent / names[1]
     if not (weights.is_file() and state.is_file()):
-        raise ConfigError(f"{pointer} names {weights.name} and {state.name}, which are missing")
+        raise CheckpointError(f"{pointer} names {weights.name} and {state.name}, which are missing")
     return weights, state
 
 
@@ -228,6 +270,11 @@ def _save_checkpoint(output_dir: Path, model: nn.Module, state: dict, keep: int)
         for suffix in (".safetensors", ".state.pt"):
             (folder / f"{old}{suffix}").unlink(missing_ok=True)
     return weights
+
+
+def one_line(err: BaseException) -> str:
+    """A multi-line error message (the key lists of a checkpoint that does not fit) as one line."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -377,14 +424,20 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     found = latest_checkpoint(output_dir) if resume else None
     if found:
         weights, state_path = found
-        load_checkpoint(model, weights)
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        iteration, samples_seen = state["iteration"], state["samples_seen"]
+        state = read_training_state(state_path)
+        try:
+            load_checkpoint(model, weights)
+        except CheckpointError as err:
+            raise CheckpointError(one_line(err)) from None
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            iteration, samples_seen = int(state["iteration"]), int(state["samples_seen"])
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"{state_path} does not fit this run's optimizer, scheduler or counters: {one_line(err)}") from None
         history, best = state.get("history", []), state.get("best", {})
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
