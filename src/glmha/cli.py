@@ -738,9 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, InputError, CheckpointError, FileNotFoundError) as err:
         print(f"glmha {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"glmha {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # glmha train stops on SIGINT / SIGTERM with a checkpoint, and says so
+        print(f"glmha {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     return 0
 
 

@@ -139,19 +139,20 @@ def test_nan_loss_is_reported(tmp_path):
         train(DERAIN, QUIET + ["optimizer.lr=1.0e+30", "train.grad_clip=null"], variant="smoke", output_dir=tmp_path)
 
 
-def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
-    """SIGKILL a `glmha train` process after its first checkpoints, then restart: it goes on from the newest."""
+# A long constant-rate run with a checkpoint every 2 iterations: a process to stop from outside.
+LONG = QUIET + ["train.stages=null", "train.total_iters=400", "train.batch_size=1", "train.patch_size=32",
+                "train.checkpoint_every=2", "train.val_every=1000", "scheduler={name: ConstantLR, factor: 1.0}"]
+
+
+def _start_training(out):
+    """`glmha train` in a subprocess, returned once its checkpoint pointer names iteration 4 or later."""
     import json
-    import signal
     import subprocess
     import sys
     import time
 
-    out = tmp_path / "run"
-    overrides = QUIET + ["train.stages=null", "train.total_iters=400", "train.batch_size=1", "train.patch_size=32",
-                         "train.checkpoint_every=2", "train.val_every=1000", "scheduler={name: ConstantLR, factor: 1.0}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "glmha.cli", "train", "--smoke", "--output-dir", str(out), str(DERAIN), *overrides],
+    proc = subprocess.Popen([sys.executable, "-m", "glmha.cli", "train", "--smoke", "--output-dir", str(out), str(DERAIN), *LONG],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pointer = out / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 120
@@ -160,13 +161,113 @@ def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
+    return proc
+
+
+def _pointer_iteration(out):
+    import json
+
+    return json.loads((out / "checkpoints" / "latest.json").read_text())["iteration"]
+
+
+def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
+    """SIGKILL a `glmha train` process after its first checkpoints, then restart: it goes on from the newest."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = _start_training(out)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = latest_checkpoint(out)
-    done = json.loads(pointer.read_text())["iteration"]
+    done = _pointer_iteration(out)
     assert saved and done >= 4 and done % 2 == 0
-    resumed = train(DERAIN, overrides, variant="smoke", output_dir=out, max_steps=2)
+    stale = out / "checkpoints" / f".{saved[0].name}.12345.dead.tmp"  # what a kill during a write leaves
+    stale.write_bytes(b"partial")
+    resumed = train(DERAIN, LONG, variant="smoke", output_dir=out, max_steps=2)
     assert resumed.iteration == done + 2
+    assert not stale.exists() and not list(out.rglob("*.tmp"))
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_is_bit_identical(tmp_path):
+    """SIGTERM: the run writes a checkpoint at the iteration it is in, exits with 143, leaves no temporary
+    file, and its continuation equals an uninterrupted run bit for bit."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = _start_training(out)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    err = proc.stderr.read().decode()
+    assert "stopped by SIGTERM at iteration" in err and err.strip().splitlines()[-1].startswith("glmha train: ")
+    stopped = _pointer_iteration(out)
+    assert stopped >= 4 and not list(out.rglob("*.tmp"))
+    assert f"at iteration {stopped} of 400" in err
+    train(DERAIN, LONG, variant="smoke", output_dir=out, max_steps=3)
+    reference = train(DERAIN, LONG, variant="smoke", output_dir=tmp_path / "reference", max_steps=stopped + 3)
+    assert reference.iteration == stopped + 3
+    _same_weights(latest_checkpoint(out)[0], latest_checkpoint(tmp_path / "reference")[0])
+
+
+def test_keep_checkpoints_below_one_is_refused():
+    from glmha.engine import ConfigError, load_config
+    from glmha.engine.trainer import _settings
+
+    with pytest.raises(ConfigError, match="keep_checkpoints must be a positive integer"):
+        _settings(load_config(DERAIN, ["train.keep_checkpoints=0"]))
+
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    from glmha.engine.trainer import _save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    for iteration in (10, 2):  # a leftover of a longer run numbered above the one written now
+        _save_checkpoint(tmp_path, model, {"iteration": iteration}, keep=5)
+    _save_checkpoint(tmp_path, model, {"iteration": 4}, keep=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "iter_00000004.safetensors", "iter_00000004.state.pt", "latest.json"]
+    _save_checkpoint(tmp_path, model, {"iteration": 6}, keep=2)
+    assert latest_checkpoint(tmp_path)[0].name == "iter_00000006.safetensors"
+    assert len(list((tmp_path / "checkpoints").glob("*.safetensors"))) == 2
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    import fcntl
+
+    from glmha.engine.trainer import LOCK_FILE, RunFolderError
+
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / LOCK_FILE, "a+") as held:  # what a running `glmha train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(RunFolderError, match=r"in use by another run \(process 4242\)"):
+            train(DERAIN, QUIET, variant="smoke", output_dir=tmp_path, max_steps=1)
+    assert train(DERAIN, QUIET, variant="smoke", output_dir=tmp_path, max_steps=1).iteration == 1  # released: usable
+
+
+def test_resume_with_another_config_is_refused_unless_forced(stopped_run, tmp_path, capsys):
+    from glmha.engine.trainer import RunFolderError, config_differences
+
+    out = _copy_run(stopped_run, tmp_path)
+    changed = QUIET + ["optimizer.lr=0.001", "model.attention_kwargs={}"]
+    with pytest.raises(RunFolderError, match=r"differing: model.attention_kwargs, optimizer.lr\).*--resume force"):
+        train(DERAIN, changed, variant="smoke", output_dir=out)
+    capsys.readouterr()
+    assert train(DERAIN, changed, variant="smoke", output_dir=out, resume="force", max_steps=1).iteration == 3
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("resuming from ") and "iteration 2 of 6" in line and "optimizer.lr" in line
+    # iteration counts and display settings may change
+    assert config_differences({"train": {"total_iters": 6, "progress": True}, "seed": 1},
+                              {"train": {"total_iters": 9, "progress": False}, "seed": 1}) == []
+
+
+def test_resume_never_refuses_a_folder_with_checkpoints(stopped_run, tmp_path):
+    from glmha.engine.trainer import RunFolderError
+
+    out = _copy_run(stopped_run, tmp_path)
+    with pytest.raises(RunFolderError, match="already holds checkpoints.*another --output-dir"):
+        train(DERAIN, QUIET, variant="smoke", output_dir=out, resume="never")
+    assert train(DERAIN, QUIET, variant="smoke", output_dir=tmp_path / "new", resume="never", max_steps=1).iteration == 1
 
 
 class _Payload:

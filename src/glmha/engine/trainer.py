@@ -16,12 +16,15 @@ restarts from its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import random
 import re
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -79,6 +82,8 @@ class TrainSettings:
     tensorboard: bool = True
 
     def __post_init__(self):
+        if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
+            raise ConfigError(f"train.keep_checkpoints must be a positive integer (the newest checkpoint is always kept), got {self.keep_checkpoints!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss {self.loss!r} unknown; available: {sorted(LOSSES)}")
         if self.precision not in PRECISIONS:
@@ -264,12 +269,119 @@ def _save_checkpoint(output_dir: Path, model: nn.Module, state: dict, keep: int)
     atomic_write(folder / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
     pointer = json.dumps({"iteration": state["iteration"], "weights": weights.name, "state": f"{stem}.state.pt"})
     atomic_write(folder / "latest.json", lambda tmp: Path(tmp).write_text(pointer))
-    # Older checkpoints go only after the pointer has moved past them.
-    stems = sorted({p.name.split(".")[0] for p in folder.glob("iter_*.safetensors")})
-    for old in stems[: max(len(stems) - keep, 0)]:
+    # Older checkpoints go only after the pointer has moved past them; the one just written
+    # always stays (a folder may hold higher-numbered leftovers of an earlier, longer run).
+    others = sorted({p.name.split(".")[0] for p in folder.glob("iter_*.safetensors")} - {stem}, key=lambda name: int(name[5:]))
+    for old in others[: max(len(others) - (max(keep, 1) - 1), 0)]:
         for suffix in (".safetensors", ".state.pt"):
             (folder / f"{old}{suffix}").unlink(missing_ok=True)
     return weights
+
+
+# ----------------------------------------------------------------------------- the run folder
+RESUME_MODES = ("auto", "never", "force")
+# Settings that do not change what a run computes: a resumed run may change them freely.
+RESUME_FREE_KEYS = ("description", "output_dir", "evaluate", "data.test", "train.total_iters", "train.progress", "train.tensorboard",
+                    "train.log_every", "train.num_workers", "train.checkpoint_every", "train.keep_checkpoints", "train.init_from")
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(ConfigError):
+    """The run folder cannot be used as asked: in use by another run, or its checkpoints do not fit the request."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """Dotted keys whose values differ between a run's saved config and ``current``, except :data:`RESUME_FREE_KEYS`."""
+    a, b = (_flatten(json.loads(json.dumps(c, default=str))) for c in (saved, current))
+    free = tuple(RESUME_FREE_KEYS)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
+                  and not any(k == f or k.startswith(f + ".") for f in free))
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path):
+    """Hold ``output_dir/.lock`` (``flock``) while a run uses the folder; the system drops it when the process ends."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on Windows: runs are not guarded there
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            raise RunFolderError(f"run folder {output_dir} is in use by another run{f' (process {owner})' if owner else ''}; "
+                                 "wait for it to end or choose another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) a killed run left in its folder; call with the lock held."""
+    stale = [p for folder in (output_dir, output_dir / "checkpoints") for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Record SIGINT / SIGTERM instead of dying, so the loop can write a checkpoint first; a second signal stops at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set in the main thread
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _has_checkpoints(output_dir: Path) -> bool:
+    folder = output_dir / "checkpoints"
+    return (folder / "latest.json").is_file() or any(folder.glob("iter_*.safetensors"))
+
+
+def _resume_mode(resume: bool | str) -> str:
+    mode = {True: "auto", False: "never"}.get(resume, resume) if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
+    return mode
 
 
 def one_line(err: BaseException) -> str:
@@ -359,7 +471,7 @@ def train(
     *,
     variant: str | None = None,
     output_dir: str | os.PathLike | None = None,
-    resume: bool = True,
+    resume: bool | str = "auto",
     max_steps: int | None = None,
     time_budget_s: float | None = None,
     device: str | torch.device | None = None,
@@ -372,7 +484,10 @@ def train(
         overrides: ``["train.total_iters=10", ...]`` or ``{"train.total_iters": 10}``.
         variant: a named variant of the config, e.g. ``"smoke"``.
         output_dir: where the run writes (default: the config's ``output_dir``).
-        resume: continue from the newest checkpoint in ``output_dir`` if there is one.
+        resume: ``"auto"`` (or True): continue from the newest checkpoint in ``output_dir`` if
+            there is one, refusing one whose config differs (listing the keys) except in
+            :data:`RESUME_FREE_KEYS`; ``"force"``: continue even then; ``"never"`` (or False):
+            start afresh, refusing a folder that already holds checkpoints.
         max_steps: stop after this many iterations in this call (a checkpoint is written), e.g.
             to train in slices; the schedule still spans ``train.total_iters``.
         time_budget_s: stop (with a checkpoint) once this many seconds of training have passed.
@@ -384,21 +499,26 @@ def train(
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; rank 0 validates and
     writes, the others train their share of each global batch.
+
+    A run holds a lock on its folder (a second run into it fails), and SIGINT / SIGTERM write a
+    checkpoint before raising :class:`TrainingInterrupted`.
     """
     cfg = load_config(config, overrides, variant)
     settings = _settings(cfg)
     task = get_task(cfg["task"])
     output_dir = Path(output_dir or cfg.get("output_dir") or "runs/" + task_name(cfg["task"]))
     seed = int(cfg.get("seed", 0))
+    mode = _resume_mode(resume)
     ctx = init_distributed(device)
     try:
-        return _train(cfg, settings, task, output_dir, seed, ctx, resume, max_steps, time_budget_s, model)
+        with contextlib.ExitStack() as stack:
+            return _train(cfg, settings, task, output_dir, seed, ctx, mode, max_steps, time_budget_s, model, stack)
     finally:
         ctx.close()
 
 
-def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, resume, max_steps, time_budget_s,
-           model: nn.Module | None = None) -> TrainResult:
+def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, mode: str, max_steps, time_budget_s,
+           model: nn.Module | None, stack: contextlib.ExitStack) -> TrainResult:
     torch.manual_seed(seed)  # same initial weights on every rank
     random.seed(seed)
     np.random.seed(seed)
@@ -421,10 +541,24 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     loss_fn = LOSSES[settings.loss]
 
     iteration, samples_seen, history, best = 0, 0, [], {}
-    found = latest_checkpoint(output_dir) if resume else None
+    if ctx.is_main:
+        stack.enter_context(run_lock(output_dir))
+        remove_stale_temporaries(output_dir)
+    if mode == "never" and _has_checkpoints(output_dir):
+        raise RunFolderError(f"{output_dir} already holds checkpoints and --resume never starts afresh; "
+                             "choose another --output-dir (or continue this run with --resume auto)")
+    found = latest_checkpoint(output_dir) if mode != "never" else None
     if found:
         weights, state_path = found
         state = read_training_state(state_path)
+        saved_config = json.loads(state["config"]) if isinstance(state.get("config"), str) else None
+        differing = config_differences(saved_config, cfg) if saved_config is not None else []
+        if differing and mode != "force":
+            raise RunFolderError(f"{output_dir} was trained with another config (differing: {', '.join(differing)}); "
+                                 "resume anyway with --resume force, or start afresh in another --output-dir")
+        if ctx.is_main:
+            print(f"resuming from {weights} (iteration {state['iteration']} of {settings.total_iters})"
+                  + (f" despite a changed config: {', '.join(differing)}" if differing else ""))
         try:
             load_checkpoint(model, weights)
         except CheckpointError as err:
@@ -458,12 +592,14 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
             "iteration": iteration, "samples_seen": samples_seen,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "best": best,
+            "config": json.dumps(cfg, default=str),
         }
         return _save_checkpoint(output_dir, model, state, settings.keep_checkpoints)
 
     start_time, start_iteration = time.monotonic(), iteration
     stage_index, loader_iter, last_saved = None, None, iteration if found else -1
     metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+    received = stack.enter_context(stop_on_signals())
     net.train()
     try:
         while iteration < settings.total_iters:
@@ -523,8 +659,8 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
                 ctx.barrier()
             stop = (max_steps is not None and iteration - start_iteration >= max_steps) or (
                 time_budget_s is not None and time.monotonic() - start_time >= time_budget_s
-            )
-            stop = ctx.broadcast_flag(stop) if time_budget_s is not None else stop
+            ) or bool(received)
+            stop = ctx.broadcast_flag(stop)  # every rank stops at the same iteration (torchrun signals each)
             if iteration % settings.checkpoint_every == 0 or done or stop:
                 if ctx.is_main:
                     checkpoint()
@@ -542,6 +678,10 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     finished = iteration >= settings.total_iters
     if ctx.is_main and finished:
         save_weights(model, output_dir / "model.safetensors", metadata={"iteration": str(iteration)})
+    if received and not finished:
+        name = signal.Signals(received[0]).name
+        raise TrainingInterrupted(f"stopped by {name} at iteration {iteration} of {settings.total_iters}, after writing its checkpoint; "
+                                  "run the same command again to resume", 128 + received[0])
     ctx.barrier()
     # Only rank 0 writes; other ranks (perhaps on other nodes) just report where it is.
     weights = output_dir / "model.safetensors" if finished or not ctx.is_main else latest_checkpoint(output_dir)[0]
