@@ -699,7 +699,7 @@ COMMANDS = {
         _run_train,
         "train an experiment config (resumes from the run folder's last checkpoint)",
         "glmha train configs/restormer/deraining_csa.yaml --smoke\n"
-        "  glmha train configs/restormer/deraining_glmha.yaml train.total_iters=1000 data.train.root=/data/Rain13K\n"
+        "  glmha train configs/restormer/deraining_glmha.yaml train.stages=null train.total_iters=1000 train.patch_size=128 data.train.root=/data/Rain13K\n"
         "  torchrun --nproc_per_node 8 --no-python glmha train configs/restormer/deraining_csa.yaml",
     ),
     "evaluate": (

@@ -48,11 +48,14 @@ def merge(base: Mapping, update: Mapping, top_level: bool = True) -> dict:
     return out
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config, resolving its ``base`` chain."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config not found: {path}")
+        raise ConfigError(f"base config not found: {path} (named by {_chain[-1]})" if _chain else f"config not found: {path}")
+    if path.resolve() in _chain:
+        loop = " -> ".join(p.name for p in (*_chain, path.resolve()))
+        raise ConfigError(f"base configs form a loop: {loop}")
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -61,7 +64,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(config).__name__}")
     base = config.pop("base", None)
     if base:
-        config = merge(read_config_file(path.parent / base), config)
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base = {base!r}: must be the path of another config, relative to this one")
+        config = merge(read_config_file(path.parent / base, (*_chain, path.resolve())), config)
     return config
 
 
@@ -110,4 +115,7 @@ def load_config(
     for required in ("task", "model", "data"):
         if required not in cfg:
             raise ConfigError(f"config needs a {required!r} section")
+    from .schema import validate_config  # here, not at the top: the schema reads the registries
+
+    validate_config(cfg)
     return cfg
