@@ -325,6 +325,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
     parser.add_argument("--output-dir", default=None, help="run folder (default: the config's output_dir)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    parser.add_argument("--init", default=None, metavar="PATH",
+                        help="start a new run from these weights (train.init_from): an official .pth, a .safetensors or a run folder; "
+                             "CSA weights into a GLMHA config are converted by SVD")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the process's GPU if any)")
 
 
@@ -336,10 +339,13 @@ def _engine_errors():
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    import json
+
     from .engine import train
 
     try:
-        result = train(args.config, args.overrides, variant=args.variant, output_dir=args.output_dir,
+        overrides = list(args.overrides) + ([f"train.init_from={json.dumps(args.init)}"] if args.init else [])
+        result = train(args.config, overrides, variant=args.variant, output_dir=args.output_dir,
                        resume=not args.no_resume, device=args.device)
     except _engine_errors() as err:
         raise CommandError(str(err)) from None

@@ -62,6 +62,10 @@ class TrainSettings:
     ``{beta, use_identity}``: per batch, with probability 1/2 when ``use_identity`` (else
     always), inputs and targets are blended with a shuffled copy of the batch by a weight
     drawn from Beta(beta, beta).
+
+    ``init_from``: a new run starts from these weights (an official ``.pth``, this project's
+    weights file or run folder; CSA weights into a GLMHA model are converted by SVD), see
+    :func:`glmha.engine.finetune.initialise_from`. A run resumed from its own checkpoint ignores it.
     """
 
     total_iters: int
@@ -80,6 +84,7 @@ class TrainSettings:
     deterministic: bool = False
     progress: bool = True
     tensorboard: bool = True
+    init_from: str | None = None  # weights a new run starts from (see glmha.engine.finetune); ignored when resuming
 
     def __post_init__(self):
         if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1):
@@ -573,6 +578,16 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"{state_path} does not fit this run's optimizer, scheduler or counters: {one_line(err)}") from None
         history, best = state.get("history", []), state.get("best", {})
+    if settings.init_from and found:
+        if ctx.is_main:
+            print(f"train.init_from ({settings.init_from}) ignored: resuming this run from its own checkpoint")
+    elif settings.init_from:
+        from .finetune import initialise_from
+
+        report = initialise_from(model, settings.init_from)
+        if ctx.is_main:
+            print(report.summary())
+            atomic_write(output_dir / "init_from.json", lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1) + "\n"))
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(output_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False)))
