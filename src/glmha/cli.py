@@ -320,11 +320,13 @@ def _run_restore(args: argparse.Namespace) -> None:
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment config (YAML), e.g. configs/restormer/deraining_csa.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.total_iters=1000 model.dim=16 (right after CONFIG, or with all options before CONFIG)")
+                        help="config overrides, e.g. train.total_iters=1000 model.dim=16 (anywhere on the command line)")
     parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke (tiny, CPU, built-in data)")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="variant", help="same as --variant smoke")
     parser.add_argument("--output-dir", default=None, help="run folder (default: the config's output_dir)")
-    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    parser.add_argument("--resume", choices=("auto", "never", "force"), default="auto",
+                        help="auto (default): continue from the run folder's newest checkpoint if any, refusing one trained with "
+                             "another config; force: continue even then; never: start afresh, refusing a folder with checkpoints")
     parser.add_argument("--init", default=None, metavar="PATH",
                         help="start a new run from these weights (train.init_from): an official .pth, a .safetensors or a run folder; "
                              "CSA weights into a GLMHA config are converted by SVD")
@@ -346,7 +348,7 @@ def _run_train(args: argparse.Namespace) -> None:
     try:
         overrides = list(args.overrides) + ([f"train.init_from={json.dumps(args.init)}"] if args.init else [])
         result = train(args.config, overrides, variant=args.variant, output_dir=args.output_dir,
-                       resume=not args.no_resume, device=args.device)
+                       resume=args.resume, device=args.device)
     except _engine_errors() as err:
         raise CommandError(str(err)) from None
     if result.best:
@@ -356,7 +358,8 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the experiment config the model was trained with")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.Test100.root=/data/Test100")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. data.test.Test100.root=/data/Test100 (anywhere on the command line)")
     parser.add_argument("--checkpoint", default=None,
                         help="last (the run's final weights), best (its best validation), a run folder, or a weights file (.safetensors or an official .pth); default: the config's evaluate.checkpoint, else last")
     parser.add_argument("--variant", default=None, help="a variant of the config, e.g. smoke")
@@ -737,8 +740,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose KEY=VALUE overrides may stand anywhere, between and after the options too.
+OVERRIDE_COMMANDS = ("train", "evaluate")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command in OVERRIDE_COMMANDS and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.parse_args(argv)  # argparse's own message for what is not an option of the command
     try:
         COMMANDS[args.command][1](args)
     except (CommandError, InputError, CheckpointError, FileNotFoundError) as err:

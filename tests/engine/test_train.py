@@ -332,3 +332,28 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(stopped_run, tmp_path, c
     assert main(["train", str(DERAIN), *QUIET, "--smoke", "--output-dir", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("glmha train: error: ") and str(damaged) in err and "\n" not in err
+
+
+def test_cli_overrides_anywhere_and_resume_modes(stopped_run, tmp_path, capsys):
+    import yaml
+
+    from glmha.cli import main
+
+    out = tmp_path / "new"
+    assert main(["train", str(DERAIN), "--smoke", "train.progress=false", "--output-dir", str(out), "train.tensorboard=false",
+                 "model.dim=16", "train.total_iters=2", "train.stages=null", "train.patch_size=32"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["dim"] == 16
+    capsys.readouterr()
+    assert main(["train", str(DERAIN), "--smoke", *QUIET, "--resume", "never", "--output-dir", str(out)]) == 1
+    assert "already holds checkpoints" in capsys.readouterr().err
+    copy = _copy_run(stopped_run, tmp_path)
+    assert main(["train", str(DERAIN), "--smoke", *QUIET, "--output-dir", str(copy), "optimizer.lr=0.001"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "differing: optimizer.lr" in err and "--resume force" in err and "\n" not in err
+    assert main(["train", str(DERAIN), "--resume", "force", "--smoke", *QUIET, "--output-dir", str(copy), "optimizer.lr=0.001"]) == 0
+    assert f"resuming from {copy / 'checkpoints' / 'iter_00000002.safetensors'} (iteration 2 of 6)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(DERAIN), "--smok3", "train.progress=false"])
+    assert info.value.code == 2 and "unrecognized arguments: --smok3" in capsys.readouterr().err
+    code = main(["evaluate", str(DERAIN), "--smoke", "--checkpoint", str(out), "model.dim=16", "--output-dir", str(tmp_path / "eval")])
+    assert code == 0 and "| synthetic | 2 |" in capsys.readouterr().out
