@@ -357,3 +357,24 @@ def test_cli_overrides_anywhere_and_resume_modes(stopped_run, tmp_path, capsys):
     assert info.value.code == 2 and "unrecognized arguments: --smok3" in capsys.readouterr().err
     code = main(["evaluate", str(DERAIN), "--smoke", "--checkpoint", str(out), "model.dim=16", "--output-dir", str(tmp_path / "eval")])
     assert code == 0 and "| synthetic | 2 |" in capsys.readouterr().out
+
+
+def test_train_log_has_config_versions_and_console_lines(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import yaml
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as without the tensorboard extra
+    train(DERAIN, ["train.progress=false"], variant="smoke", output_dir=tmp_path, max_steps=3)
+    train(DERAIN, ["train.progress=false"], variant="smoke", output_dir=tmp_path)
+    console = capsys.readouterr().out.strip().splitlines()
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("==== glmha train started") == 2 and "versions: glmha " in log and ", torch " in log and "device cpu" in log
+    header = log.split("==== glmha train started")[1]
+    config_text = header.split("config:\n", 1)[1].split("\niteration", 1)[0]
+    assert yaml.safe_load(config_text)["model"]["dim"] == 8
+    assert "tensorboard is not installed" in console[0] and not (tmp_path / "tensorboard").exists()
+    assert any(line.startswith("resuming from ") for line in console)
+    for line in console:  # every console line is in the log
+        assert line in log
+    assert "iteration 1: loss " in log and "iteration 6: psnr " in log and "finished: 6 iterations" in log

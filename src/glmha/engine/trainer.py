@@ -7,8 +7,11 @@ Entry point: :func:`train`. A run writes into its ``output_dir``::
     checkpoints/latest.json                 the newest complete checkpoint (written last)
     model.safetensors                       final weights (the last iteration)
     best.safetensors                        weights of the best validation so far (task's primary metric)
-    tensorboard/                            loss, learning rate, validation metrics
+    tensorboard/                            loss, learning rate, validation metrics (with glmha[tensorboard])
+    train.log                               the run's messages, each start headed by its config and versions
     config.yaml                             the resolved config
+    init_from.json                          with train.init_from: which tensors were loaded, new, dropped
+    .lock                                   held while a run uses the folder
 
 Every file is written atomically (temporary file, then rename), and ``latest.json`` only
 names a checkpoint once both of its files are complete, so a run killed at any moment
@@ -377,6 +380,51 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+class RunLog:
+    """The run's messages: on the console and, with the config and versions at the top of each start, in ``train.log``."""
+
+    def __init__(self, path: Path | None):
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def header(self, cfg: Mapping, device: torch.device) -> None:
+        import platform
+
+        from .. import __version__
+
+        where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+        self.line(f"==== glmha train started {time.strftime('%Y-%m-%d %H:%M:%S')}", console=False)
+        self.line(f"versions: glmha {__version__}, torch {torch.__version__}, python {platform.python_version()}; device {where}", console=False)
+        self.line("config:\n" + yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False).rstrip(), console=False)
+
+    def line(self, text: str, console: bool = True) -> None:
+        if self.file is None:
+            return  # other ranks than 0 stay quiet
+        if console:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)  # above a running progress bar
+        self.file.write(text + "\n")
+        self.file.flush()
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self.file is not None:
+            if error is not None:
+                self.line(f"stopped: {one_line(error)}", console=False)
+            self.file.close()
+            self.file = None
+
+
+@contextlib.contextmanager
+def _run_log(path: Path | None):
+    log = RunLog(path)
+    try:
+        yield log
+    except BaseException as err:
+        log.close(err)
+        raise
+    log.close()
+
+
 def _has_checkpoints(output_dir: Path) -> bool:
     folder = output_dir / "checkpoints"
     return (folder / "latest.json").is_file() or any(folder.glob("iter_*.safetensors"))
@@ -549,6 +597,8 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     if ctx.is_main:
         stack.enter_context(run_lock(output_dir))
         remove_stale_temporaries(output_dir)
+    log = stack.enter_context(_run_log(output_dir / "train.log" if ctx.is_main else None))
+    log.header(cfg, device)
     if mode == "never" and _has_checkpoints(output_dir):
         raise RunFolderError(f"{output_dir} already holds checkpoints and --resume never starts afresh; "
                              "choose another --output-dir (or continue this run with --resume auto)")
@@ -561,9 +611,8 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         if differing and mode != "force":
             raise RunFolderError(f"{output_dir} was trained with another config (differing: {', '.join(differing)}); "
                                  "resume anyway with --resume force, or start afresh in another --output-dir")
-        if ctx.is_main:
-            print(f"resuming from {weights} (iteration {state['iteration']} of {settings.total_iters})"
-                  + (f" despite a changed config: {', '.join(differing)}" if differing else ""))
+        log.line(f"resuming from {weights} (iteration {state['iteration']} of {settings.total_iters})"
+                 + (f" despite a changed config: {', '.join(differing)}" if differing else ""))
         try:
             load_checkpoint(model, weights)
         except CheckpointError as err:
@@ -579,14 +628,13 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
             raise CheckpointError(f"{state_path} does not fit this run's optimizer, scheduler or counters: {one_line(err)}") from None
         history, best = state.get("history", []), state.get("best", {})
     if settings.init_from and found:
-        if ctx.is_main:
-            print(f"train.init_from ({settings.init_from}) ignored: resuming this run from its own checkpoint")
+        log.line(f"train.init_from ({settings.init_from}) ignored: resuming this run from its own checkpoint")
     elif settings.init_from:
         from .finetune import initialise_from
 
         report = initialise_from(model, settings.init_from)
+        log.line(report.summary())
         if ctx.is_main:
-            print(report.summary())
             atomic_write(output_dir / "init_from.json", lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1) + "\n"))
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -595,9 +643,12 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.world_size > 1 else model
     writer = None
     if ctx.is_main and settings.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "tensorboard"))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # an optional extra: glmha[tensorboard]
+            log.line("tensorboard is not installed: no TensorBoard logs (pip install 'glmha[tensorboard]'); train.log has the numbers")
+        else:
+            writer = SummaryWriter(str(output_dir / "tensorboard"))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=settings.total_iters, initial=iteration, disable=not (ctx.is_main and settings.progress), dynamic_ncols=True, desc=task_name(cfg["task"]))
@@ -654,6 +705,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
 
             if iteration % settings.log_every == 0 or iteration == 1:
                 bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                log.line(f"iteration {iteration}: loss {loss.item():.6g}, lr {optimizer.param_groups[0]['lr']:.6g}", console=False)
                 if writer:
                     writer.add_scalar("train/loss", loss.item(), iteration)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], iteration)
@@ -670,7 +722,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
                     if writer:
                         for name, value in metrics.items():
                             writer.add_scalar(f"val/{name}", value, iteration)
-                    bar.write(f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                    log.line(f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 ctx.barrier()
             stop = (max_steps is not None and iteration - start_iteration >= max_steps) or (
                 time_budget_s is not None and time.monotonic() - start_time >= time_budget_s
@@ -693,6 +745,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     finished = iteration >= settings.total_iters
     if ctx.is_main and finished:
         save_weights(model, output_dir / "model.safetensors", metadata={"iteration": str(iteration)})
+        log.line(f"finished: {iteration} iterations; weights {output_dir / 'model.safetensors'}", console=False)
     if received and not finished:
         name = signal.Signals(received[0]).name
         raise TrainingInterrupted(f"stopped by {name} at iteration {iteration} of {settings.total_iters}, after writing its checkpoint; "
