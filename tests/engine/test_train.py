@@ -212,7 +212,7 @@ def test_keep_checkpoints_below_one_is_refused():
     from glmha.engine import ConfigError, load_config
     from glmha.engine.trainer import _settings
 
-    with pytest.raises(ConfigError, match="keep_checkpoints must be a positive integer"):
+    with pytest.raises(ConfigError, match="train.keep_checkpoints = 0: must be an integer > 0"):
         _settings(load_config(DERAIN, ["train.keep_checkpoints=0"]))
 
 

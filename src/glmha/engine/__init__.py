@@ -8,16 +8,18 @@
 from .config import ConfigError, load_config
 from .evaluate import EvalResult, evaluate
 from .tasks import DATASET_TYPES, LOSSES, TASKS, build_dataset, get_task
-from .trainer import TrainResult, TrainSettings, build_model, latest_checkpoint, train
+from .trainer import RunFolderError, TrainingInterrupted, TrainResult, TrainSettings, build_model, latest_checkpoint, train
 
 __all__ = [
     "ConfigError",
     "DATASET_TYPES",
     "EvalResult",
     "LOSSES",
+    "RunFolderError",
     "TASKS",
     "TrainResult",
     "TrainSettings",
+    "TrainingInterrupted",
     "build_dataset",
     "build_model",
     "evaluate",
