@@ -16,8 +16,7 @@ File formats, as the official MST++ and MST code read them:
 
 Cubes are returned as float32 ``C x H x W`` (bands first), RGB images as float32
 ``3 x H x W``. NTIRE RGB images are min-max normalised per image to [0, 1], as the official
-MST++ loader does (it decodes the JPEG with OpenCV; here Pillow decodes it, which can differ
-by a grey level on some pixels).
+MST++ loader does, decoded with OpenCV as it decodes them.
 
 The official MST++ augmentation (:func:`augment`) rotates by a random multiple of 90
 degrees and flips at random, identically for the RGB patch and its cube; random draws use
@@ -193,15 +192,13 @@ def read_rgb(path: str | os.PathLike, normalize: str = "minmax") -> np.ndarray:
     ``normalize="minmax"`` maps the image's own minimum and maximum to 0 and 1 (the official
     MST++ loader); ``"255"`` divides by 255.
     """
-    import cv2
+    from ..images import decode_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the official loader's decoder
-    if bgr is None:
-        raise ValueError(f"cannot read {path} as an image")
-    rgb = np.float32(bgr[..., ::-1])
+    stored = decode_image(path, "opencv")  # the official loader's decoder, cv2.imread in 8-bit colour; InputError if unreadable
+    rgb = np.float32(stored)
     if normalize == "minmax":
         low, high = rgb.min(), rgb.max()
         rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
