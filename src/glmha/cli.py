@@ -296,6 +296,7 @@ def _add_restore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for the restored PNGs (same names, same sizes)")
     parser.add_argument("--right", nargs="+", default=None, metavar="IMAGES", help="dual pixel: the right views, paired in order with the images (the left views)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="bits per channel of the PNGs (default: the input's, 8 or 16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (never an input)")
     _add_inference_arguments(parser)
 
 
@@ -310,10 +311,10 @@ def _run_restore(args: argparse.Namespace) -> None:
     else:
         paths = find_images(args.images)
     written, failed = restore_files(model, paths, args.output, bit_depth=args.bit_depth, grey_conversion=_grey_conversion(model),
-                                    **_inference_options(args))
+                                    overwrite=args.overwrite, **_inference_options(args))
     print(f"restored {len(written)} of {len(paths)} image(s) into {args.output}")
     if failed:
-        raise CommandError(f"{len(failed)} image(s) could not be read: " + "; ".join(failed))
+        raise CommandError(f"{len(failed)} of {len(paths)} image(s) skipped: " + "; ".join(failed))
 
 
 # --------------------------------------------------------------------------- train / evaluate
@@ -541,6 +542,7 @@ def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=CUBE_FORMATS, default="mat",
                         help="mat (v7.3, 'cube' H x W x bands and 'bands' in nm; default) or npy (bands x H x W, wavelengths in <name>.json)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_srgb.png (CIE 1931 observer, D65) and <name>_bands.png (every band, own colour scale)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (never an input)")
     _add_inference_arguments(parser)  # tiles: RGB inputs only
 
 
@@ -566,17 +568,18 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
     if real:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
         written, failed = reconstruct_real_cassi_files(model, paths, args.output, args.format, read_mask() if cassi else None, args.key,
-                                                       precision=args.precision, preview=args.preview)
+                                                       precision=args.precision, preview=args.preview, overwrite=args.overwrite)
     elif cassi:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
         written, failed = reconstruct_cassi_files(model, paths, read_mask(), args.output, args.format, key=args.key,
-                                                  precision=args.precision, preview=args.preview)
+                                                  precision=args.precision, preview=args.preview, overwrite=args.overwrite)
     else:
         paths = find_images(args.inputs)
-        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, preview=args.preview, **_inference_options(args))
+        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, preview=args.preview, overwrite=args.overwrite,
+                                                **_inference_options(args))
     print(f"reconstructed {len(written)} of {len(paths)} input(s) into {args.output}")
     if failed:
-        raise CommandError(f"{len(failed)} input(s) failed: " + "; ".join(failed))
+        raise CommandError(f"{len(failed)} of {len(paths)} input(s) skipped: " + "; ".join(failed))
 
 
 # --------------------------------------------------------------------------- export

@@ -1,11 +1,13 @@
 """Image files for the command line: find them, read them as tensors, write PNGs, restore a batch of files."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import re
 import stat
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -308,7 +310,7 @@ def _read_npy_image(path: Path) -> np.ndarray:
     if min(array.shape[:2]) == 0:
         raise InputError(f"{path}: the image array is empty, shape {array.shape}")
     if array.dtype.kind == "f":
-        return np.asarray(array, dtype=np.float32)  # float16 and float64 cast to float32
+        return np.array(array, dtype=np.float32)  # float16 and float64 cast to float32; a copy of the mapped file
     return np.array(array)
 
 
@@ -390,6 +392,8 @@ def quantize(image: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
     if bit_depth not in (8, 16):
         raise InputError(f"bit depth must be 8 or 16, got {bit_depth}")
     image = image.detach().float().cpu()
+    if not bool(torch.isfinite(image).all()):  # NaN would be written as black
+        raise InputError("the image holds NaN or infinite values; nothing written")
     if image.dim() == 4:
         image = image[0]
     top, dtype = (255.0, torch.uint8) if bit_depth == 8 else (65535.0, torch.int32)
@@ -439,6 +443,62 @@ def builtin_photographs(count: int = 4, size: int = 128, channels: int = 3) -> l
     return images
 
 
+def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` if needed and check that files can be written in it; :class:`InputError` says why not."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"the output {output_dir} exists and is not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):  # the real test: permissions, read-only file systems
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write to the output folder {output_dir}: {err.strerror or err}") from None
+    return output_dir
+
+
+def plan_outputs(
+    inputs: Sequence[Path | tuple[Path, ...]], output_dir: Path, suffixes: Sequence[str], overwrite: bool = False
+) -> list[str]:
+    """The output name (a stem) of each input, distinct even for inputs of the same stem (``a``, ``a_2``).
+
+    Each input writes ``<output_dir>/<name><suffix>`` for every suffix. Refuses
+    (:class:`InputError`) when one of those files is one of the inputs (the same path, or the
+    same file through a link), and, unless ``overwrite``, when any of them exists already.
+    """
+    sources = [Path(p) for item in inputs for p in (item if isinstance(item, tuple) else (item,))]
+    resolved = {p.resolve(): p for p in sources}
+    inodes = {}
+    for p in sources:
+        with contextlib.suppress(OSError):
+            info = os.stat(p)
+            inodes[(info.st_dev, info.st_ino)] = p
+    names, used, existing = [], set(), []
+    for item in inputs:
+        stem = Path(item[0] if isinstance(item, tuple) else item).stem
+        name, n = stem, 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}"
+        used.add(name)
+        names.append(name)
+        for suffix in suffixes:
+            out = output_dir / f"{name}{suffix}"
+            try:
+                info = os.stat(out)
+            except OSError:
+                info = None
+            source = resolved.get(out.resolve()) or (inodes.get((info.st_dev, info.st_ino)) if info else None)
+            if source is not None:
+                raise InputError(f"the output {out} would overwrite the input {source}; choose another output folder")
+            if info is not None:
+                existing.append(out)
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(f"the output {existing[0]} exists already{more}; pass --overwrite (overwrite=True) to replace")
+    return names
+
+
 def restore_files(
     model: nn.Module,
     paths: Iterable[Path | tuple[Path, Path]],
@@ -451,6 +511,7 @@ def restore_files(
     precision: str = "fp32",
     bit_depth: int | None = None,
     grey_conversion: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Restore each image file with ``model`` and write ``<output_dir>/<stem>.png`` (same size as the input).
 
@@ -459,15 +520,19 @@ def restore_files(
     see :func:`glmha.restore`) in ``precision``. A dual-pixel model takes ``(left, right)``
     path pairs. PNGs are written with ``bit_depth`` bits (default: the input's, 8 or 16).
     ``grey_conversion`` is how a 1-channel model reads colour files (:func:`read_image_and_depth`).
-    A file that cannot be read is skipped and reported: returns the written paths and one
-    message per skipped file.
+
+    Before anything runs, the outputs are checked (:func:`plan_outputs`): none may be an
+    input, and none may exist unless ``overwrite``. A file that cannot be read or restored
+    (or whose output holds NaN or Inf) is skipped: returns the written paths and one message
+    per skipped file.
     """
     from tqdm import tqdm
 
     from .inference import activation_cost, default_memory_budget, restore
 
     paths = list(paths)
-    output_dir = Path(output_dir)
+    output_dir = prepare_output_dir(output_dir)
+    names = plan_outputs(paths, output_dir, [".png"], overwrite)
     channels = int(getattr(model, "in_channels", 3))
     dual_pixel = bool(getattr(getattr(model, "module", model), "dual_pixel_task", False))
     if tile == "auto":  # measured once for all images
@@ -476,8 +541,7 @@ def restore_files(
     else:
         cost = None
     written, failed = [], []
-    used: set[str] = set()
-    for path in tqdm(paths, desc="restoring", unit="image", disable=not progress):
+    for path, name in tqdm(list(zip(paths, names)), desc="restoring", unit="image", disable=not progress):
         try:
             if dual_pixel:
                 if not isinstance(path, tuple):
@@ -486,16 +550,19 @@ def restore_files(
                 path = Path(path[0])
             else:
                 image, depth = read_image_and_depth(path, channels, grey_conversion)
+            output = restore(model, image, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision,
+                             progress=progress, cost=cost)
+            check_finite_output(output, path)
         except InputError as err:
-            failed.append(str(err))
+            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
-        output = restore(model, image, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision,
-                         progress=progress, cost=cost)
-        # inputs with the same stem (a.jpg and a.png, or two folders) must not overwrite each other
-        name, n = path.stem, 1
-        while name in used:
-            n += 1
-            name = f"{path.stem}_{n}"
-        used.add(name)
         written.append(write_png(output_dir / f"{name}.png", output, bit_depth or depth))
     return written, failed
+
+
+def check_finite_output(output: torch.Tensor, path: str | os.PathLike) -> None:
+    """:class:`InputError` naming ``path`` when the model's ``output`` holds NaN or Inf (nothing is written then)."""
+    bad = int((~torch.isfinite(output)).sum())
+    if bad:
+        raise InputError(f"{path}: the model's output holds {bad} NaN or infinite value(s); nothing written "
+                         "(fp16 overflow? try --precision fp32 or bf16)")
