@@ -300,7 +300,8 @@ def _read_npy_image(path: Path) -> np.ndarray:
     try:  # no pickles; memory-mapped, so a header promising more than the file holds fails here
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"cannot read {path} as a .npy array: {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read {path} as a .npy array: {reason}") from None
     if not isinstance(array, np.ndarray):
         raise InputError(f"{path}: expected a .npy array, got an archive of several arrays")
     if array.dtype.kind not in "biuf" or (array.dtype.kind in "iu" and array.dtype not in (np.uint8, np.uint16)):

@@ -80,7 +80,7 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
         try:
             array = np.load(check_regular_file(path, "mask file"), mmap_mode="r", allow_pickle=False)
         except EOFError as err:
-            raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
+            raise ValueError(f"cannot read {path} as a .npy array: {str(err).strip().splitlines()[0]}") from None
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{path}: unsupported mask type {array.dtype}; expected real numbers")
     else:
