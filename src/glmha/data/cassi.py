@@ -77,10 +77,11 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
     if path.suffix.lower() == ".npy":
         from ..images import check_regular_file
 
+        path = check_regular_file(path, "mask file")
         try:
-            array = np.load(check_regular_file(path, "mask file"), mmap_mode="r", allow_pickle=False)
-        except EOFError as err:
-            raise ValueError(f"cannot read {path} as a .npy array: {str(err).strip().splitlines()[0]}") from None
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"cannot read {path} as a .npy array: {(str(err).strip() or type(err).__name__).splitlines()[0]}") from None
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{path}: unsupported mask type {array.dtype}; expected real numbers")
     else:

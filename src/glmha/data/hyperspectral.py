@@ -196,7 +196,7 @@ def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | Non
         try:
             array = _numeric(np.load(path, allow_pickle=False), path, None)
         except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"cannot read {path} as a .npy array: {str(err).strip().splitlines()[0]}") from None
+            raise ValueError(f"cannot read {path} as a .npy array: {(str(err).strip() or type(err).__name__).splitlines()[0]}") from None
     elif path.suffix.lower() == ".mat":
         if key is None:
             names = _mat_variables(path)
