@@ -75,8 +75,8 @@ def cli(capsys):
             code = exit_.code
         captured = capsys.readouterr()
         assert "Traceback" not in captured.err and "Traceback" not in captured.out
-        lines = [line for line in re.split(r"[\r\n]", captured.err)
-                 if line.strip() and not re.match(r"\s*(restoring|reconstructing|tiles):", line)]
+        progress = r"(restoring|reconstructing|tiles):\s+\d+%\|[^|]*\|[^\]]*\]"  # tqdm's bars, drawn on stderr too
+        lines = [line for line in (re.sub(progress, "", part).strip() for part in re.split(r"[\r\n]", captured.err)) if line]
         return Run(code, captured.out, lines)
 
     return run
