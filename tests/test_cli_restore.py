@@ -74,7 +74,7 @@ def test_unreadable_file_is_reported_and_the_rest_restored(tmp_path, checkpoint,
     out = tmp_path / "out"
     assert main(["restore", str(tmp_path / "in"), "--checkpoint", str(checkpoint), "--model-kwargs", json.dumps(TINY), "--output", str(out)]) == 1
     err = error_line(capsys.readouterr().err)
-    assert err.startswith("glmha restore: error: 1 image(s) could not be read: cannot read image") and "broken.png" in err
+    assert err.startswith("glmha restore: error: 1 of 5 image(s) skipped: cannot read image") and "broken.png" in err
     assert len(list(out.iterdir())) == 4
 
 

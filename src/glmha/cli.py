@@ -98,6 +98,7 @@ def _run_complexity(args: argparse.Namespace) -> None:
     if args.sweep:
         if args.sweep_pixels < 1 or args.sweep_dim < 1:
             raise CommandError("--sweep-pixels and --sweep-dim must be positive")
+        _check_output_file(args.plot, "--plot")
         sweepable = [a for a in attentions if a in list_attentions("mdta")]
         rows = attention_sweep(sweepable, fixed_pixels=args.sweep_pixels, fixed_dim=args.sweep_dim)
         print(format_sweep(rows))
@@ -116,6 +117,44 @@ def _run_complexity(args: argparse.Namespace) -> None:
         at_size = [name for name in models if (height, width) in sizes[name]]
         tables.append(format_size_table(model_size_table(at_size, attentions, height, width), height, width))
     print("\n\n".join(tables))
+
+
+# --------------------------------------------------------------------------- shared: checks before work starts
+def _check_output_file(path: str, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or in a folder that cannot be written."""
+    from pathlib import Path
+
+    from .images import prepare_output_dir
+
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"{option} {path} is a folder; give a file name")
+    prepare_output_dir(target.parent if str(target.parent) else ".")
+
+
+def _check_device(text: str) -> None:
+    """Refuse a device this machine does not have, in one line, before a model is built."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise CommandError(f"--device {text!r} is not a device; use cpu, cuda, cuda:1, ...") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {text}: no CUDA device is available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CommandError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise CommandError(f"--device {text}: only cpu, cuda and mps devices are supported")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's to fix (bad input, files, configs), printed as one line."""
+    from .data.restoration import DatasetError
+    from .engine.config import ConfigError
+
+    return (CommandError, InputError, CheckpointError, ConfigError, DatasetError)
 
 
 # --------------------------------------------------------------------------- shared: a model from arguments
@@ -162,6 +201,8 @@ def _tile_argument(text: str) -> int | str | None:
 def _inference_options(args: argparse.Namespace) -> dict:
     from .inference import parse_memory
 
+    if args.overlap < 0:
+        raise CommandError(f"--overlap must be 0 or more pixels, got {args.overlap}")
     return {"tile": args.tile, "overlap": args.overlap, "precision": args.precision,
             "max_memory": parse_memory(args.max_memory) if args.max_memory else None}
 
@@ -247,9 +288,12 @@ def _add_rank(parser: argparse.ArgumentParser) -> None:
 def _run_rank(args: argparse.Namespace) -> None:
     if not 0 < args.share <= 1:
         raise CommandError(f"--share must be in (0, 1], got {args.share}")
+    if args.size < 1 or args.num_images < 1:
+        raise CommandError(f"--size and --num-images must be positive, got {args.size} and {args.num_images}")
     model = _model_from_args(args)
     name = model.spec.name if getattr(model, "spec", None) else type(model).__name__
     channels = int(getattr(model, "in_channels", 3))
+    skipped: list[str] = []
     if isinstance(model, RealMST):  # real CASSI: simulated camera measurements of built-in scenes
         if args.images:
             raise CommandError(f"{args.model} reconstructs real CASSI measurements; glmha rank analyses it on built-in scenes, give no images")
@@ -265,7 +309,14 @@ def _run_rank(args: argparse.Namespace) -> None:
     elif getattr(model, "dual_pixel_task", False):
         raise CommandError("glmha rank analyses single-image models; the dual-pixel model takes view pairs")
     elif args.images:
-        images = (read_image(path, channels, _grey_conversion(model)) for path in find_images(args.images))
+        images = []
+        for path in find_images(args.images):
+            try:
+                images.append(read_image(path, channels, _grey_conversion(model)))
+            except InputError as err:
+                skipped.append(str(err))
+        if not images:
+            raise CommandError(f"none of the {len(skipped)} image(s) could be read: " + "; ".join(skipped))
     else:
         images = builtin_photographs(args.num_images, args.size, channels)
     try:
@@ -278,6 +329,8 @@ def _run_rank(args: argparse.Namespace) -> None:
         model_kwargs = model.spec.model_kwargs if getattr(model, "spec", None) else _json_argument(args.model_kwargs, "--model-kwargs")
         suggestion = format_rank_suggestion(report, name, model_kwargs)
         print(f"\n# GLMHA ranks keeping {args.share:.0%} of each layer's spectrum:\n{suggestion}")
+    if skipped:
+        raise CommandError(f"{len(skipped)} image(s) skipped: " + "; ".join(skipped))
 
 
 def _grey_conversion(model: torch.nn.Module) -> str | None:
@@ -296,6 +349,7 @@ def _add_restore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for the restored PNGs (same names, same sizes)")
     parser.add_argument("--right", nargs="+", default=None, metavar="IMAGES", help="dual pixel: the right views, paired in order with the images (the left views)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="bits per channel of the PNGs (default: the input's, 8 or 16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (never an input)")
     _add_inference_arguments(parser)
 
 
@@ -310,10 +364,10 @@ def _run_restore(args: argparse.Namespace) -> None:
     else:
         paths = find_images(args.images)
     written, failed = restore_files(model, paths, args.output, bit_depth=args.bit_depth, grey_conversion=_grey_conversion(model),
-                                    **_inference_options(args))
+                                    overwrite=args.overwrite, **_inference_options(args))
     print(f"restored {len(written)} of {len(paths)} image(s) into {args.output}")
     if failed:
-        raise CommandError(f"{len(failed)} image(s) could not be read: " + "; ".join(failed))
+        raise CommandError(f"{len(failed)} of {len(paths)} image(s) skipped: " + "; ".join(failed))
 
 
 # --------------------------------------------------------------------------- train / evaluate
@@ -375,6 +429,10 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from .engine import evaluate
 
+    if args.output_dir:
+        from .images import prepare_output_dir
+
+        prepare_output_dir(args.output_dir)  # before the model runs: an unwritable folder fails now, not at the end
     try:
         result = evaluate(args.config, args.checkpoint, args.overrides, variant=args.variant, sets=args.sets,
                           output_dir=args.output_dir, device=args.device, tile=args.tile, precision=args.precision,
@@ -426,6 +484,8 @@ def _run_score(args: argparse.Namespace) -> None:
     from .engine.score import score_files
 
     restored = args.restored[0] if len(args.restored) == 1 else args.restored
+    if args.output:
+        _check_output_file(args.output, "--output")
     try:
         rows, mean = score_files(args.protocol, restored, args.target, args.grayscale, args.bit_depth)
     except (DatasetError, ValueError, KeyError, OSError) as err:
@@ -550,6 +610,7 @@ def _add_reconstruct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=CUBE_FORMATS, default="mat",
                         help="mat (v7.3, 'cube' H x W x bands and 'bands' in nm; default) or npy (bands x H x W, wavelengths in <name>.json)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_srgb.png (CIE 1931 observer, D65) and <name>_bands.png (every band, own colour scale)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (never an input)")
     _add_inference_arguments(parser)  # tiles: RGB inputs only
 
 
@@ -575,17 +636,18 @@ def _run_reconstruct(args: argparse.Namespace) -> None:
     if real:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
         written, failed = reconstruct_real_cassi_files(model, paths, args.output, args.format, read_mask() if cassi else None, args.key,
-                                                       precision=args.precision, preview=args.preview)
+                                                       precision=args.precision, preview=args.preview, overwrite=args.overwrite)
     elif cassi:
         paths = find_images(args.inputs, MEASUREMENT_SUFFIXES)
         written, failed = reconstruct_cassi_files(model, paths, read_mask(), args.output, args.format, key=args.key,
-                                                  precision=args.precision, preview=args.preview)
+                                                  precision=args.precision, preview=args.preview, overwrite=args.overwrite)
     else:
         paths = find_images(args.inputs)
-        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, preview=args.preview, **_inference_options(args))
+        written, failed = reconstruct_rgb_files(model, paths, args.output, args.format, preview=args.preview, overwrite=args.overwrite,
+                                                **_inference_options(args))
     print(f"reconstructed {len(written)} of {len(paths)} input(s) into {args.output}")
     if failed:
-        raise CommandError(f"{len(failed)} input(s) failed: " + "; ".join(failed))
+        raise CommandError(f"{len(failed)} of {len(paths)} input(s) skipped: " + "; ".join(failed))
 
 
 # --------------------------------------------------------------------------- export
@@ -605,6 +667,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
     if args.device != "cpu":
         raise CommandError("export runs on the CPU (the file runs anywhere); leave out --device")
+    _check_output_file(args.output, "--output")
     model = _model_from_args(args)
     height, width = args.size
     multiple = int(getattr(model, "size_multiple", 1))
@@ -613,7 +676,7 @@ def _run_export(args: argparse.Namespace) -> None:
     second = (height + multiple * 3, width + multiple * 5) if getattr(model, "mask_guided", False) else (height + 13, width + 29)
     try:
         result = export_model(model, args.output, args.format, sizes=((height, width), second), opset=args.opset)
-    except Exception as err:  # the exporters raise many types; the message is what the user needs
+    except (RuntimeError, ValueError, NotImplementedError, ImportError) as err:  # the exporters' errors (torch.onnx's are RuntimeErrors)
         raise CommandError(f"export to {args.format} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     sizes = " and ".join(f"{h}x{w}" for h, w in result.checked_sizes)
     if result.max_abs_diff is None:
@@ -745,6 +808,8 @@ OVERRIDE_COMMANDS = ("train", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -752,15 +817,33 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.parse_args(argv)  # argparse's own message for what is not an option of the command
+    # the package's warnings (clipped values, converted counts, rounded tiles) as one line each
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"glmha {args.command}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    package_log = logging.getLogger("glmha")
+    package_log.addHandler(handler)
     try:
+        if isinstance(getattr(args, "device", None), str):
+            _check_device(args.device)
         COMMANDS[args.command][1](args)
-    except (CommandError, InputError, CheckpointError, FileNotFoundError) as err:
-        print(f"glmha {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except _user_errors() as err:
+        return _print_error(args.command, str(err).strip("'\""))
+    except OSError as err:  # files: permissions, full disks, a folder where a file was expected ...
+        where = f": {err.filename}" if err.filename else ""
+        return _print_error(args.command, f"{err.strerror or err}{where}")
     except KeyboardInterrupt as err:  # glmha train stops on SIGINT / SIGTERM with a checkpoint, and says so
         print(f"glmha {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return getattr(err, "exit_code", 130)
+    finally:
+        package_log.removeHandler(handler)
     return 0
+
+
+def _print_error(command: str, message: str) -> int:
+    """One line on stderr, exit code 1."""
+    print(f"glmha {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

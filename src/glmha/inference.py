@@ -265,7 +265,9 @@ def restore(
     otherwise in the largest tiles that fit, from the model's measured activation memory
     (:func:`activation_cost`, or ``cost``). On CUDA an out-of-memory error then retries with
     tiles half as large, and says so. ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"``
-    (autocast, :func:`precision_context`); the output comes back in ``x``'s dtype.
+    (autocast, :func:`precision_context`); an input of another floating dtype than the
+    weights (float64, float16, bfloat16) is cast to theirs, and the output comes back in
+    ``x``'s dtype.
     ``progress`` shows a bar over the tiles.
     """
     check_image_batch(x, getattr(model, "in_channels", None))
@@ -305,10 +307,12 @@ def _restore_tiled(model, x, tile, overlap, pad_mode, precision, progress, devic
 
     h, w = x.shape[-2:]
 
+    weight_dtype = next(model.parameters()).dtype  # float64/float16/bfloat16 inputs run in the weights' dtype
+
     def run(patch: torch.Tensor) -> torch.Tensor:
         ph, pw = patch.shape[-2:]
         with precision_context(precision, device):
-            out = model(pad_to_multiple(patch.to(device), multiple, pad_mode))
+            out = model(pad_to_multiple(patch.to(device=device, dtype=weight_dtype), multiple, pad_mode))
         return out[..., :ph, :pw].to(device=x.device, dtype=x.dtype)
 
     if tile is None or (h <= tile and w <= tile):

@@ -12,6 +12,7 @@ with its own colour scale.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .validation import InputError
+
+log = logging.getLogger(__name__)
 
 CUBE_FORMATS = ("mat", "npy")
 MEASUREMENT_SUFFIXES = (".mat", ".npy")
@@ -53,7 +56,7 @@ def write_cube(path: str | os.PathLike, cube: torch.Tensor | np.ndarray, fmt: st
         variables = {"cube": np.ascontiguousarray(array.transpose(1, 2, 0))}
         if wavelengths is not None:
             variables["bands"] = np.asarray(wavelengths, np.float64)[None]
-        return atomic_write(path, lambda tmp: write_mat(tmp, variables))
+        return write_mat(path, variables)  # atomic itself
     if fmt == "npy":
         def save(tmp: str) -> None:
             with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
@@ -140,13 +143,22 @@ def write_cube_outputs(
 
 
 def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """A CASSI measurement (``H x W'``) or a cube to simulate one from (3-D), from ``.mat`` or ``.npy``."""
-    from .data.hyperspectral import read_cube, read_mat
+    """A CASSI measurement (``H x W'``) or a cube to simulate one from (3-D), from ``.mat`` or ``.npy``, as float32.
 
-    path = Path(path)
+    Integer values (camera counts) are converted to float as they are, without scaling, and a
+    warning says so: the simulation models expect the measurement of a [0, 1] cube, the
+    real-data ones normalise each measurement anyway. Complex values, MATLAB structs and
+    cells, NaN or Inf, and other shapes are errors naming the file.
+    """
+    from .data.hyperspectral import read_cube, read_mat
+    from .images import check_regular_file
+
+    path = check_regular_file(path, "measurement file")
     try:
         if path.suffix.lower() == ".npy":
-            array = np.load(path)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"unsupported array type {array.dtype}; expected real numbers")
         elif path.suffix.lower() == ".mat":
             array = None
             for name in [key] if key else MEASUREMENT_KEYS:
@@ -157,23 +169,33 @@ def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndar
                     if key:
                         raise
             if array is None:  # no measurement: a scene cube, as the KAIST test files hold
-                return read_cube(path)
+                array = read_cube(path)
         else:
             raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .mat or .npy")
-    except (ValueError, KeyError, OSError) as err:
-        raise InputError(f"cannot read {path}: {err}") from None
+    except (ValueError, KeyError, OSError, EOFError) as err:
+        message = (str(err).strip("'\"") or type(err).__name__).splitlines()[0]
+        raise InputError(message if str(path) in message else f"cannot read {path}: {message}") from None
     if array.ndim not in (2, 3):
         raise InputError(f"{path}: expected a 2-D measurement or a 3-D cube, got shape {array.shape}")
-    return np.asarray(array, dtype=np.float32)
+    if min(array.shape) == 0:
+        raise InputError(f"{path}: the array is empty, shape {array.shape}")
+    if array.dtype.kind in "iu":
+        log.warning("%s: integer values (%s) converted to float as they are, without scaling", path, array.dtype)
+    array = np.array(array, dtype=np.float32)  # a copy: .npy inputs are memory-mapped
+    if not np.isfinite(array).all():
+        raise InputError(f"{path}: {int((~np.isfinite(array)).sum())} value(s) are NaN or infinite")
+    return array
 
 
-def _output_name(path: Path, used: set[str]) -> str:
-    name, n = path.stem, 1
-    while name in used:
-        n += 1
-        name = f"{path.stem}_{n}"
-    used.add(name)
-    return name
+def _plan(paths: list[Path], output_dir: str | os.PathLike, fmt: str, bands: int, preview: bool, overwrite: bool) -> tuple[Path, dict[Path, str]]:
+    """The checked output folder and each input's output name (see :func:`glmha.images.plan_outputs`)."""
+    from .images import plan_outputs, prepare_output_dir
+
+    if fmt not in CUBE_FORMATS:
+        raise InputError(f"cube format must be one of {CUBE_FORMATS}, got {fmt!r}")
+    suffixes = [f".{fmt}"] + ([".json"] if fmt == "npy" and band_wavelengths(bands) else []) + (["_srgb.png", "_bands.png"] if preview else [])
+    output_dir = prepare_output_dir(output_dir)
+    return output_dir, dict(zip(paths, plan_outputs(paths, output_dir, suffixes, overwrite)))
 
 
 @torch.no_grad()
@@ -189,6 +211,7 @@ def reconstruct_rgb_files(
     max_memory: int | None = None,
     precision: str = "fp32",
     preview: bool = False,
+    overwrite: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """RGB images to cubes with an MST++-style model, as the official test code: each image
     min-max normalised, the cube clipped to [0, 1].
@@ -196,26 +219,32 @@ def reconstruct_rgb_files(
     ``tile`` (a side, ``"auto"`` within ``max_memory`` bytes, or None), ``precision`` and
     the tile progress bar as in :func:`glmha.restore`; the cubes carry their band
     wavelengths, ``preview`` adds the renderings (:func:`write_cube_outputs`). Returns the
-    written paths and one message per file that could not be read.
+    written paths and one message per file that could not be read or gave NaN or Inf. The
+    outputs are checked first as :func:`glmha.images.restore_files` checks them (``overwrite``).
     """
     from tqdm import tqdm
 
     from .data.hyperspectral import read_rgb
+    from .images import check_finite_output
     from .inference import activation_cost, default_memory_budget, restore
 
-    wavelengths = band_wavelengths(int(getattr(model, "out_channels", 0) or 0))
+    bands = int(getattr(model, "out_channels", 0) or 0)
+    wavelengths = band_wavelengths(bands)
+    paths = list(paths)
+    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
     cost = activation_cost(model) if tile == "auto" else None
     if tile == "auto":
         max_memory = max_memory or default_memory_budget(next(model.parameters()).device)
-    written, failed, used = [], [], set()
-    for path in tqdm(list(paths), desc="reconstructing", unit="image", disable=not progress):
+    written, failed = [], []
+    for path in tqdm(paths, desc="reconstructing", unit="image", disable=not progress):
         try:
             rgb = torch.from_numpy(read_rgb(path, normalize="minmax"))[None]
-        except (ValueError, FileNotFoundError) as err:
-            failed.append(str(err))
+            cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress, cost=cost)
+            check_finite_output(cube, path)
+        except (ValueError, FileNotFoundError) as err:  # InputError included
+            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
-        cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress, cost=cost)
-        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube.clamp(0, 1), fmt, wavelengths, preview))
+        written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, wavelengths, preview))
     return written, failed
 
 
@@ -272,16 +301,19 @@ def reconstruct_cassi_files(
     *,
     precision: str = "fp32",
     preview: bool = False,
+    overwrite: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """CASSI measurements (or cubes, measured first through ``mask``) to cubes with an MST model.
 
     The network takes the official inputs: ``H`` (the shifted-back measurement scaled by
     2 / bands) and the shifted 3-D mask ``Phi``. A measurement is ``H x (W + step (bands - 1))``
     for an ``H x W`` mask. ``precision`` as in :func:`glmha.restore`; the cubes carry their
-    band wavelengths, ``preview`` adds the renderings. Returns the written paths and one
+    band wavelengths, ``preview`` adds the renderings; outputs checked first (``overwrite``, as
+    in :func:`reconstruct_rgb_files`). Returns the written paths and one
     message per file that failed.
     """
     from .data.cassi import mask_3d, mask_input, shift_back
+    from .images import check_finite_output
     from .inference import precision_context
 
     bands = int(model.out_channels)
@@ -290,12 +322,19 @@ def reconstruct_cassi_files(
         raise InputError(f"the mask must be H x W with both divisible by {multiple} for this model, got {tuple(mask.shape)}")
     device = next(model.parameters()).device
     phi = mask_input(mask_3d(mask, bands).to(device), "Phi", step)
-    written, failed, used = [], [], set()
+    paths = list(paths)
+    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
+    written, failed = [], []
     for path, data in _measurements(paths, mask, bands, step, key, device, failed, progress):
         x = shift_back(data[None] / bands * 2, bands=bands, step=step)
         with precision_context(precision, device):
             cube = model(x, phi).float()
-        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube, fmt, band_wavelengths(bands), preview))
+        try:
+            check_finite_output(cube, path)
+        except InputError as err:
+            failed.append(str(err))
+            continue
+        written.append(write_cube_outputs(output_dir, names[path], cube, fmt, band_wavelengths(bands), preview))
     return written, failed
 
 
@@ -311,6 +350,7 @@ def reconstruct_real_cassi_files(
     *,
     precision: str = "fp32",
     preview: bool = False,
+    overwrite: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Real CASSI measurements (or cubes, measured through ``mask`` first) to cubes with a real-data MST.
 
@@ -322,19 +362,23 @@ def reconstruct_real_cassi_files(
     message per file that failed.
     """
     from .data.cassi import normalize_real_measurement
+    from .images import check_finite_output
     from .inference import precision_context
 
     device = next(model.parameters()).device
-    written, failed, used = [], [], set()
-    for path, data in _measurements(paths, mask, int(model.bands), int(model.step), key, device, failed, progress):
+    bands = int(model.bands)
+    paths = list(paths)
+    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
+    written, failed = [], []
+    for path, data in _measurements(paths, mask, bands, int(model.step), key, device, failed, progress):
         try:
             with precision_context(precision, device):
-                cube = model(normalize_real_measurement(data)[None]).float().clamp(0, 1)
+                cube = model(normalize_real_measurement(data)[None]).float()
+            check_finite_output(cube, path)
         except ValueError as err:  # InputError included: a measurement the model cannot take
-            failed.append(f"{path}: {err}")
+            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
-        bands = int(model.bands)
-        written.append(write_cube_outputs(Path(output_dir), _output_name(Path(path), used), cube, fmt, band_wavelengths(bands), preview))
+        written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, band_wavelengths(bands), preview))
     return written, failed
 
 

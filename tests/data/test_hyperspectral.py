@@ -205,7 +205,7 @@ def test_reader_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="must be 3-D"):
         read_cube(tmp_path / "x.mat", "b")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 broken")
-    with pytest.raises(ValueError, match="cannot read .*bad.jpg as an image"):
+    with pytest.raises(ValueError, match="cannot read image .*bad.jpg"):
         read_rgb(tmp_path / "bad.jpg")
     (tmp_path / "list.txt").write_text("\n")
     with pytest.raises(ValueError, match="is empty"):

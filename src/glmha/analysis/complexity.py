@@ -197,7 +197,9 @@ def format_sweep(rows: list[dict]) -> str:
 
 
 def plot_sweep(rows: list[dict], path: str) -> None:
-    """Save the sweep as a PNG: MACs and params relative to CSA against C, MACs against N."""
+    """Save the sweep as a PNG (atomically): MACs and params relative to CSA against C, MACs against N."""
+    from ..checkpoint import atomic_write
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,5 +231,7 @@ def plot_sweep(rows: list[dict], path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)

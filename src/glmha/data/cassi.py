@@ -70,15 +70,30 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
     """Read a coded aperture (``H x W`` float32 tensor) from a MATLAB ``.mat`` file (v5 or v7.3) or ``.npy``.
 
     The official simulation mask is ``TSA_simu_data/mask.mat``, key ``mask``, 256 x 256.
+    Integer and logical masks are converted to float as they are (0/1 apertures); complex
+    values, structs, NaN or Inf, and an all-zero mask (no light passes) are errors.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        array = np.load(path)
+        from ..images import check_regular_file
+
+        path = check_regular_file(path, "mask file")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"cannot read {path} as a .npy array: {(str(err).strip() or type(err).__name__).splitlines()[0]}") from None
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: unsupported mask type {array.dtype}; expected real numbers")
     else:
         array = read_mat(path, key)
     if array.ndim != 2:
         raise ValueError(f"{path}: the coded aperture {key!r} must be 2-D (H x W), got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    array = np.array(array, dtype=np.float32)  # a copy: .npy masks are memory-mapped
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: the coded aperture holds {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
+    if not array.any():
+        raise ValueError(f"{path}: the coded aperture is all zeros (no light passes it)")
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def random_mask(height: int, width: int, seed: int = 0, density: float = 0.5) -> torch.Tensor:

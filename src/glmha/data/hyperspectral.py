@@ -16,8 +16,7 @@ File formats, as the official MST++ and MST code read them:
 
 Cubes are returned as float32 ``C x H x W`` (bands first), RGB images as float32
 ``3 x H x W``. NTIRE RGB images are min-max normalised per image to [0, 1], as the official
-MST++ loader does (it decodes the JPEG with OpenCV; here Pillow decodes it, which can differ
-by a grey level on some pixels).
+MST++ loader does, decoded with OpenCV as it decodes them.
 
 The official MST++ augmentation (:func:`augment`) rotates by a random multiple of 90
 degrees and flips at random, identically for the RGB patch and its cube; random draws use
@@ -68,6 +67,8 @@ def read_mat(path: str | os.PathLike, key: str) -> np.ndarray:
     """Read variable ``key`` of a MATLAB ``.mat`` file (v4/v5/v7 via scipy, v7.3 via h5py) in MATLAB's dimension order."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a folder or FIFO: opening a FIFO would block
+            raise ValueError(f"{path} is not a regular file")
         raise FileNotFoundError(f"no such file: {path}")
     if _mat_is_hdf5(path):
         import h5py
@@ -77,10 +78,12 @@ def read_mat(path: str | os.PathLike, key: str) -> np.ndarray:
                 if key not in mat:
                     names = sorted(k for k in mat.keys() if not k.startswith("#"))
                     raise KeyError(f"{path} has no variable {key!r}; it holds {names}")
+                if not isinstance(mat[key], h5py.Dataset):
+                    raise ValueError(f"{path}: variable {key!r} is a MATLAB struct or group, expected a numeric array")
                 array = np.asarray(mat[key])
         except OSError as err:
             raise ValueError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file: {err}") from None
-        return array.transpose(tuple(reversed(range(array.ndim))))
+        return _numeric(array.transpose(tuple(reversed(range(array.ndim)))), path, key)
     import scipy.io
 
     try:
@@ -89,7 +92,24 @@ def read_mat(path: str | os.PathLike, key: str) -> np.ndarray:
         raise ValueError(f"cannot read {path} as a MATLAB .mat file: {err}") from None
     if key not in mat:
         raise KeyError(f"{path} has no variable {key!r}; it holds {sorted(_mat_variables(path))}")
-    return mat[key]
+    return _numeric(mat[key], path, key)
+
+
+def _numeric(array: np.ndarray, path: Path, key: str | None) -> np.ndarray:
+    """``array`` if it holds real numbers; complex values, structs, cells and text are refused by name."""
+    what = "the array" if key is None else f"variable {key!r}"
+    kind = array.dtype.kind
+    if kind == "c" or (array.dtype.names is not None and set(array.dtype.names) == {"real", "imag"}):
+        raise ValueError(f"{path}: {what} holds complex values, expected real numbers")
+    if array.dtype.names is not None or kind == "V":
+        raise ValueError(f"{path}: {what} is a MATLAB struct, expected a numeric array")
+    if kind == "O":
+        raise ValueError(f"{path}: {what} is a MATLAB cell array, expected a numeric array")
+    if kind not in "biuf":
+        raise ValueError(f"{path}: {what} holds {array.dtype} values (text?), expected a numeric array")
+    if array.size == 0:
+        raise ValueError(f"{path}: {what} is empty, shape {array.shape}")
+    return array
 
 
 def _mat_variables(path: Path) -> list[str]:
@@ -111,32 +131,41 @@ def write_mat(path: str | os.PathLike, variables: dict[str, np.ndarray], version
 
     ``version="7.3"`` writes HDF5 the way MATLAB does: a 512-byte header block naming the
     format, each array stored with its dimensions reversed and tagged with its
-    ``MATLAB_class``. ``version="5"`` uses :func:`scipy.io.savemat`. Returns the path.
+    ``MATLAB_class``. ``version="5"`` uses :func:`scipy.io.savemat`. Written atomically (a
+    reader never sees a partial file). Returns the path.
     """
-    path = Path(path)
+    from ..checkpoint import atomic_write
+
+    if version not in ("5", "7.3"):
+        raise ValueError(f"version must be '7.3' or '5', got {version!r}")
     if version == "5":
         import scipy.io
 
-        scipy.io.savemat(path, variables)
-        return path
-    if version != "7.3":
-        raise ValueError(f"version must be '7.3' or '5', got {version!r}")
+        def save_v5(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                scipy.io.savemat(f, variables)
+
+        return atomic_write(path, save_v5)
     import h5py
 
     classes = {np.dtype(np.float64): "double", np.dtype(np.float32): "single", np.dtype(np.uint8): "uint8",
                np.dtype(np.uint16): "uint16", np.dtype(np.int32): "int32", np.dtype(np.bool_): "logical"}
-    with h5py.File(path, "w", userblock_size=512) as mat:
-        for name, value in variables.items():
-            value = np.asarray(value)
-            if value.dtype not in classes:
-                raise ValueError(f"cannot store {name!r} of dtype {value.dtype} in a MATLAB file")
-            stored = value.astype(np.uint8) if value.dtype == np.bool_ else value
-            dataset = mat.create_dataset(name, data=stored.transpose(tuple(reversed(range(value.ndim)))))
-            dataset.attrs["MATLAB_class"] = np.bytes_(classes[value.dtype])
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: glmha, HDF5 schema 1.00 ."
-    with open(path, "r+b") as f:  # the header MATLAB puts in the user block
-        f.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02" + b"IM")
-    return path
+    arrays = {name: np.asarray(value) for name, value in variables.items()}
+    for name, value in arrays.items():
+        if value.dtype not in classes:
+            raise ValueError(f"cannot store {name!r} of dtype {value.dtype} in a MATLAB file")
+
+    def save_v73(tmp: str) -> None:
+        with h5py.File(tmp, "w", userblock_size=512) as mat:
+            for name, value in arrays.items():
+                stored = value.astype(np.uint8) if value.dtype == np.bool_ else value
+                dataset = mat.create_dataset(name, data=stored.transpose(tuple(reversed(range(value.ndim)))))
+                dataset.attrs["MATLAB_class"] = np.bytes_(classes[value.dtype])
+        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: glmha, HDF5 schema 1.00 ."
+        with open(tmp, "r+b") as f:  # the header MATLAB puts in the user block
+            f.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02" + b"IM")
+
+    return atomic_write(path, save_v73)
 
 
 def _to_chw(array: np.ndarray, layout: str, path: Path) -> np.ndarray:
@@ -165,9 +194,9 @@ def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | Non
         raise FileNotFoundError(f"no such cube file: {path}")
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
+            array = _numeric(np.load(path, allow_pickle=False), path, None)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"cannot read {path} as a .npy array: {(str(err).strip() or type(err).__name__).splitlines()[0]}") from None
     elif path.suffix.lower() == ".mat":
         if key is None:
             names = _mat_variables(path)
@@ -193,15 +222,13 @@ def read_rgb(path: str | os.PathLike, normalize: str = "minmax") -> np.ndarray:
     ``normalize="minmax"`` maps the image's own minimum and maximum to 0 and 1 (the official
     MST++ loader); ``"255"`` divides by 255.
     """
-    import cv2
+    from ..images import decode_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the official loader's decoder
-    if bgr is None:
-        raise ValueError(f"cannot read {path} as an image")
-    rgb = np.float32(bgr[..., ::-1])
+    stored = decode_image(path, "opencv")  # the official loader's decoder, cv2.imread in 8-bit colour; InputError if unreadable
+    rgb = np.float32(stored)
     if normalize == "minmax":
         low, high = rgb.min(), rgb.max()
         rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)

@@ -42,40 +42,29 @@ class DatasetError(ValueError):
 def read_image(path: str | os.PathLike, grayscale: bool = False, bit_depth: int = 8) -> np.ndarray:
     """Read an image file as float32 ``H x W x C`` in ``[0, 1]``, decoded as the official code decodes it.
 
-    The official Restormer scripts read every image with OpenCV, and so does this function:
-    ``bit_depth=8`` is ``cv2.imread`` in colour (16-bit files come back as their high byte, as
-    the official 8-bit loaders see them), ``grayscale=True`` is ``cv2.IMREAD_GRAYSCALE`` (colour
-    files converted by the decoder, as the official grey denoising code converts them), and
-    ``bit_depth=16`` keeps 16-bit files at full precision (``cv2.IMREAD_UNCHANGED``, the
-    official dual-pixel loader; with ``grayscale``, ``IMREAD_ANYDEPTH``). Values are divided by 255 or 65535; alpha is dropped and grey
-    files are repeated to RGB unless ``grayscale``.
+    The official Restormer scripts read every image with OpenCV, and so does this function
+    (:func:`glmha.images.decode_image` with ``decoder="opencv"``, which first checks the file
+    and refuses modes and 32-bit files the official loaders do not read): ``bit_depth=8`` is
+    ``cv2.imread`` in colour (16-bit files come back as their high byte, as the official 8-bit
+    loaders see them), ``grayscale=True`` is ``cv2.IMREAD_GRAYSCALE`` (colour files converted by
+    the decoder, as the official grey denoising code converts them), and ``bit_depth=16`` keeps
+    16-bit files at full precision (``cv2.IMREAD_UNCHANGED``, the official dual-pixel loader;
+    with ``grayscale``, ``IMREAD_ANYDEPTH``). Values are divided by 255 or 65535; alpha is
+    dropped and grey files are repeated to RGB unless ``grayscale``.
     """
-    import cv2
+    from ..images import decode_image
+    from ..validation import InputError
 
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    path = Path(path)
-    if grayscale:
-        flag = cv2.IMREAD_GRAYSCALE | (cv2.IMREAD_ANYDEPTH if bit_depth == 16 else 0)
-    else:
-        flag = cv2.IMREAD_COLOR if bit_depth == 8 else cv2.IMREAD_UNCHANGED
     try:
-        image = cv2.imread(str(path), flag) if path.is_file() else None
-    except cv2.error as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from None
-    if image is None:
-        raise DatasetError(f"cannot read image {path}: not a readable image file")
-    if image.dtype not in (np.uint8, np.uint16):
-        raise DatasetError(f"image {path} has unsupported pixel type {image.dtype}; expected 8 or 16 bit")
-    scale = 255.0 if image.dtype == np.uint8 else 65535.0
-    if image.ndim == 2:
-        image = image[..., None]
-    if grayscale:
-        image = image[..., :1]
-    elif image.shape[-1] == 1:
+        image = decode_image(path, "opencv", bit_depth, grey=grayscale)
+    except InputError as err:
+        message = str(err)
+        raise DatasetError(message if str(path) in message else f"cannot read image {path}: {message}") from None
+    if image.shape[-1] == 1 and not grayscale:
         image = np.repeat(image, 3, axis=-1)
-    else:
-        image = image[..., 2::-1]  # BGR(A) -> RGB
+    scale = 255.0 if image.dtype == np.uint8 else 65535.0
     return np.ascontiguousarray(image.astype(np.float32) / np.float32(scale))
 
 
