@@ -21,16 +21,16 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from .analysis import profile
+from .analysis import profile, report
 from .analysis.eigen import analyse_attention
 from .checkpoint import atomic_write, load_checkpoint
+from .demo_types import DemoTask, ModelResult
 
 
 @dataclass(frozen=True)
@@ -60,41 +60,6 @@ ATTENTIONS = ("csa", "glmha")
 
 
 # ----------------------------------------------------------------------------- tasks
-@dataclass
-class DemoTask:
-    """One built-in task: an engine config (without the attention) and how to show its results."""
-
-    name: str  # the engine's task name
-    title: str
-    kind: str  # "image" (image out) or "spectral" (cube out)
-    config: dict  # engine config: task, seed, model, data (train, test), optimizer, scheduler, train
-    metrics: dict[str, bool]  # metric name -> higher is better
-    wavelengths: tuple[float, ...] = ()  # band centres of a spectral task, in nm
-
-    def engine_task(self):
-        from .engine.tasks import get_task
-
-        return get_task(self.config["task"])
-
-    def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        """The forward inputs of a (device) test batch, for profiling and the eigen-analysis."""
-        task = self.engine_task()
-        if hasattr(task, "inputs"):  # CASSI: measurement and mask simulated from the cube
-            return tuple(task.inputs(batch))
-        return (batch["input"],)
-
-    def shown_input(self, batch: dict) -> torch.Tensor:
-        """What the figures show as the input: the image, or the CASSI snapshot (the 2-D measurement)."""
-        if "input" in batch:
-            return batch["input"]
-        from .data.cassi import measure
-
-        cube = batch["target"]
-        mask3d = batch["mask"].to(cube.dtype).unsqueeze(1).expand_as(cube)
-        meas = measure(cube, mask3d, self.config["task"].get("step", 2))
-        return (meas / meas.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)).unsqueeze(1)
-
-
 def _optimisation(budget: Budget, loss: str, lr: float | None = None) -> dict:
     lr = lr or budget.lr
     return {
@@ -235,25 +200,6 @@ def available_tasks(budget: Budget, seed: int) -> list[DemoTask]:
 
 
 # ----------------------------------------------------------------------------- one model
-@dataclass
-class ModelResult:
-    """A trained model of one task and its numbers."""
-
-    task: str
-    attention: str
-    params: int
-    macs: int
-    metrics: dict[str, float]
-    latency_ms: float
-    train_seconds: float
-    iterations: int
-    weights: str
-    size: tuple[int, int]  # image size MACs and latency refer to
-    model: nn.Module | None = field(default=None, repr=False, compare=False)
-    predictions: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)  # per test image, on the CPU
-    per_image: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)  # metrics per test image
-
-
 def _config_for(task: DemoTask, attention: str) -> dict:
     config = json.loads(json.dumps(task.config))  # deep copy
     config["model"]["attention"] = attention
@@ -377,8 +323,6 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Train CSA and GLMHA side by side on the built-in tasks and write the report folder."""
-    from .analysis import report
-
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
     try:

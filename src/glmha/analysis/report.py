@@ -11,15 +11,13 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-
-if TYPE_CHECKING:  # only for type hints: demo imports this module
-    from ..demo import DemoTask, ModelResult
+from ..demo_types import DemoTask, ModelResult
 
 # Colours of the two attentions in every plot, and of the ground truth.
 COLOURS = {"CSA": "#1f77b4", "GLMHA": "#d62728", "ground truth": "#222222"}
@@ -163,8 +161,8 @@ def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple
 # ----------------------------------------------------------------------------- the demo's figures
 @torch.no_grad()
 def task_figures(
-    task: "DemoTask",
-    results: Mapping[str, "ModelResult"],
+    task: DemoTask,
+    results: Mapping[str, ModelResult],
     test_batches: Sequence[dict],
     figures_dir: Path,
     examples: int = 2,
@@ -214,7 +212,7 @@ def _metric_label(name: str, higher_is_better: bool | None) -> str:
     return name.upper() + arrow
 
 
-def results_table(results: Sequence["ModelResult"], higher_is_better: Mapping[str, bool] | None = None) -> str:
+def results_table(results: Sequence[ModelResult], higher_is_better: Mapping[str, bool] | None = None) -> str:
     """Markdown table: one row per task and attention, with params, MACs, metrics and latency."""
     metric_names: list[str] = []
     for r in results:
