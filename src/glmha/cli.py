@@ -12,6 +12,7 @@ import textwrap
 import torch
 
 from . import create_model, list_models, profile
+from ._version import __version__
 from .attention import list_attentions
 from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
 from .checkpoint import CheckpointError, load_checkpoint
@@ -718,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="glmha",
         description="Guided low-rank multi-head attention for image restoration and spectral reconstruction.",
     )
+    parser.add_argument("--version", action="version", version=f"glmha {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, _, help_text, examples) in COMMANDS.items():
         command = sub.add_parser(
