@@ -61,3 +61,38 @@ def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_same_seed_budget_and_threads_give_identical_metrics(demo_report, tmp_path):
+    """A second run into another folder gives bit-identical metrics (the first is the module's report)."""
+    first = json.loads((demo_report / "results.json").read_text())
+    assert main(["demo", "--budget", "tiny", "--output", str(tmp_path), "--threads", str(first["threads"])]) == 0
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["task"], r["attention"], r["metrics"]) for r in second["results"]] == [
+        (r["task"], r["attention"], r["metrics"]) for r in first["results"]
+    ]
+
+
+def test_results_record_versions_device_and_command(demo_report):
+    import platform
+
+    import torch
+
+    import glmha
+
+    record = json.loads((demo_report / "results.json").read_text())
+    assert record["versions"] == {"glmha": glmha.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    assert record["device"] == "cpu" and record["device_name"] and record["threads"] >= 1
+    assert record["command"].startswith(f"glmha demo --output {demo_report} --budget tiny --seed 0 --device cpu --threads ")
+    for r in record["results"]:
+        assert r["latency_min_ms"] <= r["latency_ms"] <= r["latency_max_ms"]
+
+
+def test_demo_rejects_zero_threads_and_leaves_threads_alone(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    assert main(["demo", "--budget", "tiny", "--threads", "0", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "glmha demo: error: threads must be at least 1, got 0"
+    assert torch.get_num_threads() == before

@@ -436,13 +436,15 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both models (default: 0)")
     parser.add_argument("--tasks", nargs="+", default=None, help="run only these built-in tasks (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads (default: PyTorch's); the same seed, budget and thread count give the same numbers")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     try:
-        result = run_demo(args.output, args.budget, args.device, args.seed, args.tasks)
+        result = run_demo(args.output, args.budget, args.device, args.seed, args.tasks, threads=args.threads)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(f"\n{result.table}\n\nreport: {result.report_md} and {result.report_html} ({result.seconds / 60:.1f} min)")

@@ -18,16 +18,19 @@ for about 7 minutes on 2 idle CPU cores (7.3 measured), ``tiny`` for the test su
 from __future__ import annotations
 
 import json
+import platform
+import shlex
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .analysis import profile, report
+from ._version import __version__
 from .analysis.eigen import analyse_attention
 from .checkpoint import atomic_write, load_checkpoint
 from .demo_types import DemoTask, ModelResult
@@ -220,9 +223,18 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+@dataclass(frozen=True)
+class Latency:
+    """Wall time per call over the repeats, in ms."""
+
+    median: float
+    min: float
+    max: float
+
+
 @torch.no_grad()
-def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each ``run()``, after one warm-up call each.
+def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, Latency]:
+    """Median, fastest and slowest wall time (ms) of each ``run()`` over ``repeats``, after one warm-up call each.
 
     The runs are timed in turns (a, b, a, b, ...), so a load that comes and goes on a shared
     machine weighs on every model alike.
@@ -243,7 +255,7 @@ def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, 
     for _ in range(max(repeats, 1)):
         for name, run in runs.items():
             times[name].append(timed(run))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: Latency(statistics.median(values), min(values), max(values)) for name, values in times.items()}
 
 
 def train_and_evaluate(
@@ -321,8 +333,29 @@ def run_demo(
     tasks: list[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> DemoResult:
-    """Train CSA and GLMHA side by side on the built-in tasks and write the report folder."""
+    """Train CSA and GLMHA side by side on the built-in tasks and write the report folder.
+
+    ``threads`` sets PyTorch's CPU threads for the run (default: as they are). The numbers are
+    identical for the same seed, budget and thread count: CPU kernels split their sums over the
+    threads, so another count adds in another order and the rounding differs.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(output_dir), budget, device, seed, tasks, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(
+    output_dir: Path, budget: str, device: str | torch.device, seed: int, tasks: list[str] | None, progress: bool,
+    log: Callable[[str], None],
+) -> DemoResult:
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
     try:
@@ -333,7 +366,6 @@ def run_demo(
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
     settings = BUDGETS[budget]
     start = time.monotonic()
-    output_dir = Path(output_dir)
     figures_dir = output_dir / "figures"
     all_tasks = available_tasks(settings, seed)
     if tasks:
@@ -361,7 +393,8 @@ def run_demo(
             settings.latency_repeats,
         )
         for attention, result in by_attention.items():
-            result.latency_ms = latencies[attention]
+            latency = latencies[attention]
+            result.latency_ms, result.latency_min_ms, result.latency_max_ms = latency.median, latency.min, latency.max
         results.extend(by_attention.values())
         section = report.Section(title=task.title, text=_task_text(task, settings, by_attention))
         section.figures += report.task_figures(task, {a.upper(): r for a, r in by_attention.items()}, test_batches, figures_dir)
@@ -378,20 +411,51 @@ def run_demo(
         sections.append(section)
         figures += [f.path for f in section.figures]
 
-    table = report.results_table(results, {m: higher for t in all_tasks for m, higher in t.metrics.items()})
     seconds = time.monotonic() - start
     results_json = [
-        {k: v for k, v in asdict(r).items() if k not in ("model", "predictions")} for r in results
+        {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("model", "predictions")} for r in results
     ]
-    atomic_write(output_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps({"budget": budget, "seed": seed, "device": str(device), "results": results_json}, indent=2) + "\n"))
+    command = _command_line(output_dir, budget, device, seed, tasks)
+    record = {
+        "budget": budget,
+        "seed": seed,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "latency_repeats": settings.latency_repeats,
+        "command": command,
+        "versions": {"glmha": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "seconds": round(seconds, 1),
+        "tasks": {t.name: {"title": t.title, "higher_is_better": t.metrics} for t in all_tasks},
+        "results": results_json,
+    }
+    table = report.demo_table(json.loads(json.dumps(record)))  # the table is what results.json holds
+    atomic_write(output_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     intro = (
         f"CSA and GLMHA versions of the same small models, trained side by side on built-in data "
-        f"(budget `{budget}`: {settings.iterations} iterations per model, seed {seed}, device `{device}`), "
-        f"evaluated on the same held-out images. Latency is the median time per image measured in this run. "
-        f"Made by `glmha demo --budget {budget}` in {seconds / 60:.1f} minutes."
+        f"(budget `{budget}`: {settings.iterations} iterations per model, seed {seed}, device `{device}`, "
+        f"{record['threads']} CPU threads), evaluated on the same held-out images. Latency is the median time per image "
+        f"over {settings.latency_repeats} repeats in this run, with the fastest and slowest in brackets. "
+        f"Made by `{command}` in {seconds / 60:.1f} minutes "
+        f"(glmha {__version__}, PyTorch {torch.__version__}, Python {platform.python_version()})."
     )
     report_md, report_html = report.write_report(output_dir, "glmha demo: CSA vs GLMHA", intro, table, sections)
     return DemoResult(output_dir, budget, results, report_md, report_html, figures, table, seconds)
+
+
+def _command_line(output_dir: Path, budget: str, device: torch.device, seed: int, tasks: list[str] | None) -> str:
+    """The ``glmha demo`` command that repeats this run, every option spelled out (threads included)."""
+    args = ["glmha", "demo", "--output", str(output_dir), "--budget", budget, "--seed", str(seed), "--device", str(device),
+            "--threads", str(torch.get_num_threads())]
+    if tasks:
+        args += ["--tasks", *tasks]
+    return shlex.join(args)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def _task_text(task: DemoTask, budget: Budget, results: dict[str, ModelResult]) -> str:

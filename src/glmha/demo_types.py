@@ -55,11 +55,13 @@ class ModelResult:
     params: int
     macs: int
     metrics: dict[str, float]
-    latency_ms: float
+    latency_ms: float  # median over the repeats
     train_seconds: float
     iterations: int
     weights: str
     size: tuple[int, int]  # image size MACs and latency refer to
+    latency_min_ms: float = float("nan")  # fastest and slowest of the repeats
+    latency_max_ms: float = float("nan")
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     predictions: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)  # per test image, on the CPU
     per_image: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)  # metrics per test image

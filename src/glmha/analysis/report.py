@@ -212,20 +212,32 @@ def _metric_label(name: str, higher_is_better: bool | None) -> str:
     return name.upper() + arrow
 
 
-def results_table(results: Sequence[ModelResult], higher_is_better: Mapping[str, bool] | None = None) -> str:
-    """Markdown table: one row per task and attention, with params, MACs, metrics and latency."""
-    metric_names: list[str] = []
-    for r in results:
-        metric_names += [m for m in r.metrics if m not in metric_names]
-    higher_is_better = higher_is_better or {}
-    header = ["task", "attention", "params (K)", "GMACs", "input"] + [_metric_label(m, higher_is_better.get(m)) for m in metric_names] + ["latency (ms/image)"]
+def results_table(results: Sequence[Mapping], higher_is_better: Mapping[str, bool]) -> str:
+    """Markdown table: one row per task and attention, with params, MACs, metrics and latency.
+
+    ``results`` are the rows of ``results.json`` (a model's numbers as a mapping); only the metrics
+    named in ``higher_is_better`` get a column, in that order.
+    """
+    metric_names = [m for m in higher_is_better if any(m in r["metrics"] for r in results)]
+    header = ["task", "attention", "params (K)", "GMACs", "input"] + [_metric_label(m, higher_is_better[m]) for m in metric_names]
+    header.append("latency (ms/image, median (min–max))")
     lines = ["| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for r in results:
-        cells = [r.task, r.attention.upper(), f"{r.params / 1e3:.1f}", f"{r.macs / 1e9:.3f}", f"{r.size[0]}x{r.size[1]}"]
-        cells += [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metric_names]
-        cells.append(f"{r.latency_ms:.1f}")
+        height, width = r["size"]
+        cells = [r["task"], r["attention"].upper(), f"{r['params'] / 1e3:.1f}", f"{r['macs'] / 1e9:.3f}", f"{height}x{width}"]
+        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in metric_names]
+        cells.append(f"{r['latency_ms']:.1f} ({r['latency_min_ms']:.1f}–{r['latency_max_ms']:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def demo_table(record: Mapping) -> str:
+    """The results table of a demo's ``results.json`` (as read with ``json.load``)."""
+    higher_is_better: dict[str, bool] = {}
+    for task in record["tasks"].values():
+        for metric, higher in task["higher_is_better"].items():
+            higher_is_better.setdefault(metric, higher)
+    return results_table(record["results"], higher_is_better)
 
 
 def _inline_html(text: str) -> str:
