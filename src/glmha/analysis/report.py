@@ -369,3 +369,16 @@ def write_report(output_dir: str | Path, title: str, intro: str, table: str, sec
     report_md = atomic_write(output_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
     report_html = atomic_write(output_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return report_md, report_html
+
+
+# ----------------------------------------------------------------------------- the README's demo table
+TABLE_START = "<!-- demo table: python scripts/demo_readme.py -->"
+TABLE_END = "<!-- end of demo table -->"
+
+
+def replace_table(page: str, table: str) -> str:
+    """``page`` (a Markdown page) with the text between the demo-table markers replaced by ``table``."""
+    start, end = page.find(TABLE_START), page.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the page has no demo table between {TABLE_START!r} and {TABLE_END!r}")
+    return page[: start + len(TABLE_START)] + "\n" + table + "\n" + page[end:]
