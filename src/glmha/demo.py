@@ -12,8 +12,8 @@ attention eigen-analysis on the trained CSA model, and writes a report folder::
     figures/*.png              restored images side by side, spectral bands and curves, spectra
     runs/<task>/<attention>/   the engine's training runs (weights, config)
 
-Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` is sized
-for about 7 minutes on 2 idle CPU cores (7.3 measured), ``tiny`` for the test suite (under 2 minutes).
+Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` takes about
+16 minutes on one CPU thread, ``tiny`` is for the test suite (seconds).
 """
 from __future__ import annotations
 
