@@ -21,13 +21,35 @@ def test_tiny_demo_writes_the_report_with_every_figure(demo_report):
     assert figures, "the report embeds no figure"
     for figure in figures:
         assert (demo_report / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f'src="{figure}"' in html
     names = " ".join(figures)
     assert "deraining_comparison.png" in names and "attention_spectrum.png" in names
     results = json.loads((demo_report / "results.json").read_text())["results"]
     tasks = {r["task"] for r in results}
     if "rgb_to_hsi" in tasks:  # the spectral task shows bands and pixel spectra
         assert "rgb_to_hsi_bands.png" in names and "rgb_to_hsi_spectra.png" in names
+
+
+def test_html_report_embeds_every_figure(demo_report):
+    """report.html is one file: every image is a data URI, none refers to a file."""
+    import base64
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed((demo_report / "report.html").read_text())
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (demo_report / "report.md").read_text())
+    assert len(parser.sources) == len(figures) > 0
+    for source, figure in zip(parser.sources, figures):
+        assert source.startswith("data:image/png;base64,"), source[:80]
+        assert base64.b64decode(source.split(",", 1)[1]) == (demo_report / figure).read_bytes()
 
 
 def test_tiny_demo_table_has_finite_numbers_for_both_models(demo_report):
@@ -61,3 +83,38 @@ def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_same_seed_budget_and_threads_give_identical_metrics(demo_report, tmp_path):
+    """A second run into another folder gives bit-identical metrics (the first is the module's report)."""
+    first = json.loads((demo_report / "results.json").read_text())
+    assert main(["demo", "--budget", "tiny", "--output", str(tmp_path), "--threads", str(first["threads"])]) == 0
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["task"], r["attention"], r["metrics"]) for r in second["results"]] == [
+        (r["task"], r["attention"], r["metrics"]) for r in first["results"]
+    ]
+
+
+def test_results_record_versions_device_and_command(demo_report):
+    import platform
+
+    import torch
+
+    import glmha
+
+    record = json.loads((demo_report / "results.json").read_text())
+    assert record["versions"] == {"glmha": glmha.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    assert record["device"] == "cpu" and record["device_name"] and record["threads"] >= 1
+    assert record["command"].startswith(f"glmha demo --output {demo_report} --budget tiny --seed 0 --device cpu --threads ")
+    for r in record["results"]:
+        assert r["latency_min_ms"] <= r["latency_ms"] <= r["latency_max_ms"]
+
+
+def test_demo_rejects_zero_threads_and_leaves_threads_alone(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    assert main(["demo", "--budget", "tiny", "--threads", "0", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "glmha demo: error: threads must be at least 1, got 0"
+    assert torch.get_num_threads() == before

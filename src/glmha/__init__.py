@@ -8,6 +8,7 @@ Public entry points::
     model = glmha.load_model("model.safetensors")             # or an official file: preset="deraining"
     glmha.list_models()
 """
+from ._version import __version__
 from .analysis import Profile, profile
 from .attention import list_attentions, swap_attention
 from .checkpoint import CheckpointError, load_checkpoint, load_model, read_state_dict, save_model, save_weights
@@ -16,8 +17,6 @@ from .inference import restore
 from .models import create_model, list_models
 from .presets import list_presets
 from .validation import InputError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -151,7 +151,7 @@ def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: s
     module = getattr(model_or_state, "module", model_or_state)  # glmha.optimize / DataParallel wrappers
     metadata = dict(metadata or {})
     if isinstance(module, nn.Module) and getattr(module, "spec", None) is not None:
-        from . import __version__
+        from ._version import __version__
 
         metadata.update({SPEC_KEY: module.spec.to_json(), VERSION_KEY: __version__})
     state = module.state_dict() if isinstance(module, nn.Module) else model_or_state

@@ -12,25 +12,28 @@ attention eigen-analysis on the trained CSA model, and writes a report folder::
     figures/*.png              restored images side by side, spectral bands and curves, spectra
     runs/<task>/<attention>/   the engine's training runs (weights, config)
 
-Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` is sized
-for about 7 minutes on 2 idle CPU cores (7.3 measured), ``tiny`` for the test suite (under 2 minutes).
+Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` takes 11 to
+16 minutes on one CPU thread, ``tiny`` is for the test suite (seconds).
 """
 from __future__ import annotations
 
 import json
+import platform
+import shlex
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from .analysis import profile
+from .analysis import profile, report
+from ._version import __version__
 from .analysis.eigen import analyse_attention
 from .checkpoint import atomic_write, load_checkpoint
+from .demo_types import DemoTask, ModelResult
 
 
 @dataclass(frozen=True)
@@ -60,41 +63,6 @@ ATTENTIONS = ("csa", "glmha")
 
 
 # ----------------------------------------------------------------------------- tasks
-@dataclass
-class DemoTask:
-    """One built-in task: an engine config (without the attention) and how to show its results."""
-
-    name: str  # the engine's task name
-    title: str
-    kind: str  # "image" (image out) or "spectral" (cube out)
-    config: dict  # engine config: task, seed, model, data (train, test), optimizer, scheduler, train
-    metrics: dict[str, bool]  # metric name -> higher is better
-    wavelengths: tuple[float, ...] = ()  # band centres of a spectral task, in nm
-
-    def engine_task(self):
-        from .engine.tasks import get_task
-
-        return get_task(self.config["task"])
-
-    def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        """The forward inputs of a (device) test batch, for profiling and the eigen-analysis."""
-        task = self.engine_task()
-        if hasattr(task, "inputs"):  # CASSI: measurement and mask simulated from the cube
-            return tuple(task.inputs(batch))
-        return (batch["input"],)
-
-    def shown_input(self, batch: dict) -> torch.Tensor:
-        """What the figures show as the input: the image, or the CASSI snapshot (the 2-D measurement)."""
-        if "input" in batch:
-            return batch["input"]
-        from .data.cassi import measure
-
-        cube = batch["target"]
-        mask3d = batch["mask"].to(cube.dtype).unsqueeze(1).expand_as(cube)
-        meas = measure(cube, mask3d, self.config["task"].get("step", 2))
-        return (meas / meas.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)).unsqueeze(1)
-
-
 def _optimisation(budget: Budget, loss: str, lr: float | None = None) -> dict:
     lr = lr or budget.lr
     return {
@@ -235,25 +203,6 @@ def available_tasks(budget: Budget, seed: int) -> list[DemoTask]:
 
 
 # ----------------------------------------------------------------------------- one model
-@dataclass
-class ModelResult:
-    """A trained model of one task and its numbers."""
-
-    task: str
-    attention: str
-    params: int
-    macs: int
-    metrics: dict[str, float]
-    latency_ms: float
-    train_seconds: float
-    iterations: int
-    weights: str
-    size: tuple[int, int]  # image size MACs and latency refer to
-    model: nn.Module | None = field(default=None, repr=False, compare=False)
-    predictions: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)  # per test image, on the CPU
-    per_image: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)  # metrics per test image
-
-
 def _config_for(task: DemoTask, attention: str) -> dict:
     config = json.loads(json.dumps(task.config))  # deep copy
     config["model"]["attention"] = attention
@@ -274,9 +223,18 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+@dataclass(frozen=True)
+class Latency:
+    """Wall time per call over the repeats, in ms."""
+
+    median: float
+    min: float
+    max: float
+
+
 @torch.no_grad()
-def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each ``run()``, after one warm-up call each.
+def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, Latency]:
+    """Median, fastest and slowest wall time (ms) of each ``run()`` over ``repeats``, after one warm-up call each.
 
     The runs are timed in turns (a, b, a, b, ...), so a load that comes and goes on a shared
     machine weighs on every model alike.
@@ -297,7 +255,7 @@ def measure_latencies(runs: dict[str, Callable[[], Any]], device: torch.device, 
     for _ in range(max(repeats, 1)):
         for name, run in runs.items():
             times[name].append(timed(run))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: Latency(statistics.median(values), min(values), max(values)) for name, values in times.items()}
 
 
 def train_and_evaluate(
@@ -375,10 +333,29 @@ def run_demo(
     tasks: list[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> DemoResult:
-    """Train CSA and GLMHA side by side on the built-in tasks and write the report folder."""
-    from .analysis import report
+    """Train CSA and GLMHA side by side on the built-in tasks and write the report folder.
 
+    ``threads`` sets PyTorch's CPU threads for the run (default: as they are). The numbers are
+    identical for the same seed, budget and thread count: CPU kernels split their sums over the
+    threads, so another count adds in another order and the rounding differs.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(output_dir), budget, device, seed, tasks, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(
+    output_dir: Path, budget: str, device: str | torch.device, seed: int, tasks: list[str] | None, progress: bool,
+    log: Callable[[str], None],
+) -> DemoResult:
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
     try:
@@ -389,7 +366,6 @@ def run_demo(
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
     settings = BUDGETS[budget]
     start = time.monotonic()
-    output_dir = Path(output_dir)
     figures_dir = output_dir / "figures"
     all_tasks = available_tasks(settings, seed)
     if tasks:
@@ -417,7 +393,8 @@ def run_demo(
             settings.latency_repeats,
         )
         for attention, result in by_attention.items():
-            result.latency_ms = latencies[attention]
+            latency = latencies[attention]
+            result.latency_ms, result.latency_min_ms, result.latency_max_ms = latency.median, latency.min, latency.max
         results.extend(by_attention.values())
         section = report.Section(title=task.title, text=_task_text(task, settings, by_attention))
         section.figures += report.task_figures(task, {a.upper(): r for a, r in by_attention.items()}, test_batches, figures_dir)
@@ -429,25 +406,58 @@ def run_demo(
             figures_dir / f"{task.name}_eigen",
             title=f"{task.name}: attention spectrum of the trained CSA model",
         )
+        # redrawn in the report's style: one x-axis for every task, the share lines labelled
+        report.attention_spectrum_figure(spectra.spectra, spectra.plot, f"{task.name}: attention spectrum of the trained CSA model")
         section.figures.append(report.Figure(spectra.plot, "Cumulative singular-value spectrum of the trained CSA model's attention maps, per level (paper Fig. 1)."))
         section.text += "\n\nRank that keeps 90 / 95 / 99 % of each CSA layer's attention spectrum (per head):\n\n" + spectra.table
         sections.append(section)
         figures += [f.path for f in section.figures]
 
-    table = report.results_table(results, {m: higher for t in all_tasks for m, higher in t.metrics.items()})
     seconds = time.monotonic() - start
     results_json = [
-        {k: v for k, v in asdict(r).items() if k not in ("model", "predictions")} for r in results
+        {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("model", "predictions")} for r in results
     ]
-    atomic_write(output_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps({"budget": budget, "seed": seed, "device": str(device), "results": results_json}, indent=2) + "\n"))
+    command = _command_line(output_dir, budget, device, seed, tasks)
+    record = {
+        "budget": budget,
+        "seed": seed,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "latency_repeats": settings.latency_repeats,
+        "command": command,
+        "versions": {"glmha": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "seconds": round(seconds, 1),
+        "tasks": {t.name: {"title": t.title, "higher_is_better": t.metrics} for t in all_tasks},
+        "results": results_json,
+    }
+    table = report.demo_table(json.loads(json.dumps(record)))  # the table is what results.json holds
+    atomic_write(output_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     intro = (
         f"CSA and GLMHA versions of the same small models, trained side by side on built-in data "
-        f"(budget `{budget}`: {settings.iterations} iterations per model, seed {seed}, device `{device}`), "
-        f"evaluated on the same held-out images. Latency is the median time per image measured in this run. "
-        f"Made by `glmha demo --budget {budget}` in {seconds / 60:.1f} minutes."
+        f"(budget `{budget}`: {settings.iterations} iterations per model, seed {seed}, device `{device}`, "
+        f"{record['threads']} CPU threads), evaluated on the same held-out images. Latency is the median time per image "
+        f"over {settings.latency_repeats} repeats in this run, with the fastest and slowest in brackets. "
+        f"Made by `{command}` in {seconds / 60:.1f} minutes "
+        f"(glmha {__version__}, PyTorch {torch.__version__}, Python {platform.python_version()})."
     )
     report_md, report_html = report.write_report(output_dir, "glmha demo: CSA vs GLMHA", intro, table, sections)
     return DemoResult(output_dir, budget, results, report_md, report_html, figures, table, seconds)
+
+
+def _command_line(output_dir: Path, budget: str, device: torch.device, seed: int, tasks: list[str] | None) -> str:
+    """The ``glmha demo`` command that repeats this run, every option spelled out (threads included)."""
+    args = ["glmha", "demo", "--output", str(output_dir), "--budget", budget, "--seed", str(seed), "--device", str(device),
+            "--threads", str(torch.get_num_threads())]
+    if tasks:
+        args += ["--tasks", *tasks]
+    return shlex.join(args)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def _task_text(task: DemoTask, budget: Budget, results: dict[str, ModelResult]) -> str:

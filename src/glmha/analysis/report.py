@@ -2,24 +2,25 @@
 
 Figures are PNGs drawn with matplotlib's Agg backend and written atomically. A report is a
 title, an introduction, a results table and sections; each section has Markdown text, tables
-(Markdown pipe tables) and figures. ``report.md`` and ``report.html`` hold the same content and
-refer to the figures by relative path, so the folder can be moved or published as it is.
+(Markdown pipe tables) and figures. ``report.md`` and ``report.html`` hold the same content:
+``report.md`` refers to the figures by relative path, so the folder can be moved or published as
+it is; ``report.html`` embeds them, so the page alone can be sent.
 """
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-
-if TYPE_CHECKING:  # only for type hints: demo imports this module
-    from ..demo import DemoTask, ModelResult
+from .eigen import DEFAULT_SHARES, LayerSpectrum, level_curves
+from ..demo_types import DemoTask, ModelResult
 
 # Colours of the two attentions in every plot, and of the ground truth.
 COLOURS = {"CSA": "#1f77b4", "GLMHA": "#d62728", "ground truth": "#222222"}
@@ -95,24 +96,35 @@ def spectral_bands_figure(
     path: str | Path,
     bands: Sequence[int] | None = None,
     suptitle: str | None = None,
+    reference: str = "ground truth",
 ) -> Path:
-    """Selected bands of each ``[1 x] bands x H x W`` cube: one row per cube, one column per band, shared scale."""
+    """Selected bands of each ``[1 x] bands x H x W`` cube (one row per cube, one column per band),
+    then the absolute error of every other cube against ``reference`` (one row each).
+
+    Each band has one grey scale shared by all cubes and one error scale shared by all error
+    maps, so a column compares the models directly; the column title gives both ranges.
+    """
     plt = _pyplot()
     cubes = {name: (cube[0] if cube.dim() == 4 else cube).detach().float().cpu() for name, cube in cubes.items()}
+    truth = cubes[reference]
+    errors = {f"|{name} − {reference}|": (cube - truth).abs() for name, cube in cubes.items() if name != reference}
     n_bands = len(wavelengths)
     bands = list(bands) if bands is not None else sorted({round(i * (n_bands - 1) / 4) for i in range(5)})
-    vmax = max(float(cube.max()) for cube in cubes.values()) or 1.0
-    fig, axes = plt.subplots(len(cubes), len(bands), figsize=(1.9 * len(bands), 2.0 * len(cubes) + 0.3), dpi=100, squeeze=False)
-    for r, (name, cube) in enumerate(cubes.items()):
-        for c, band in enumerate(bands):
+    rows = [*cubes.items(), *errors.items()]
+    fig, axes = plt.subplots(len(rows), len(bands), figsize=(1.9 * len(bands), 2.0 * len(rows) + 0.5), dpi=100, squeeze=False)
+    for c, band in enumerate(bands):
+        vmax = max(float(cube[band].max()) for cube in cubes.values()) or 1.0
+        emax = max((float(error[band].max()) for error in errors.values()), default=0.0) or 1.0
+        axes[0][c].set_title(f"{wavelengths[band]:.0f} nm\n0–{vmax:.2f}, error 0–{emax:.2f}", fontsize=8)
+        for r, (name, image) in enumerate(rows):
             ax = axes[r][c]
-            ax.imshow(cube[band].numpy(), cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            is_error = name in errors
+            ax.imshow(image[band].numpy(), cmap="magma" if is_error else "gray", vmin=0, vmax=emax if is_error else vmax,
+                      interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"{wavelengths[band]:.0f} nm", fontsize=9)
             if c == 0:
-                ax.set_ylabel(name, fontsize=9)
+                ax.set_ylabel(name, fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -160,11 +172,52 @@ def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple
     return [(margin + p // inner_w, margin + p % inner_w) for p in picks[:count]]
 
 
+# ----------------------------------------------------------------------------- attention spectra
+def attention_spectrum_figure(
+    spectra: Sequence[LayerSpectrum],
+    path: str | Path,
+    title: str,
+    shares: Sequence[float] = DEFAULT_SHARES,
+    spectrum_kind: str = "singular",
+) -> Path:
+    """The mean cumulative attention spectrum per level, on the same axes for every model.
+
+    The x-axis is always logarithmic with ticks at powers of two (maps have 8 to 64 values per
+    head in these models), so plots of different tasks read alike; the lines at ``shares``
+    are labelled.
+    """
+    plt = _pyplot()
+    curves = level_curves(spectra)
+    longest = max(len(curve) for curve in curves.values())
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
+    for (level, curve), colour in zip(curves.items(), colours):
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=2.5, linewidth=1.4, color=colour, label=level)
+    ax.set_xscale("log", base=2)
+    ticks = [2**k for k in range(int(np.log2(longest)) + 1)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(0.9, longest * 1.1)
+    for share in shares:
+        ax.axhline(share, color="grey", linewidth=0.7, linestyle=":")
+        ax.annotate(f"{share * 100:g} %", (1.0, share), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7, color="dimgrey")
+    values = "singular values" if spectrum_kind == "singular" else "eigenvalue magnitudes"
+    ax.set_xlabel(f"number of {values} kept per head, largest first (log scale)")
+    ax.set_ylabel("cumulative share of the spectrum")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right", ncol=2 if len(curves) > 6 else 1)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 # ----------------------------------------------------------------------------- the demo's figures
 @torch.no_grad()
 def task_figures(
-    task: "DemoTask",
-    results: Mapping[str, "ModelResult"],
+    task: DemoTask,
+    results: Mapping[str, ModelResult],
     test_batches: Sequence[dict],
     figures_dir: Path,
     examples: int = 2,
@@ -202,7 +255,8 @@ def task_figures(
     cubes = {name: cubes[name] for name in ("ground truth", *predictions)}
     scores_text = ", ".join(f"{name} {primary.upper()} {s[primary]:.4f}" for name, s in scores.items())
     bands = spectral_bands_figure(cubes, wavelengths, figures_dir / f"{task.name}_bands.png")
-    figures.append(Figure(bands, f"{task.title}: five bands of the ground truth and of both reconstructions, same grey scale ({scores_text})."))
+    figures.append(Figure(bands, f"{task.title}: five bands of the ground truth and of both reconstructions, one grey scale per band, "
+                                  f"and each reconstruction's absolute error, one error scale per band ({scores_text})."))
     curves = spectral_curves_figure(cubes, wavelengths, pick_pixels(batch["target"]), figures_dir / f"{task.name}_spectra.png")
     figures.append(Figure(curves, f"{task.title}: spectra of three pixels (brightest, darkest, random)."))
     return figures
@@ -214,20 +268,32 @@ def _metric_label(name: str, higher_is_better: bool | None) -> str:
     return name.upper() + arrow
 
 
-def results_table(results: Sequence["ModelResult"], higher_is_better: Mapping[str, bool] | None = None) -> str:
-    """Markdown table: one row per task and attention, with params, MACs, metrics and latency."""
-    metric_names: list[str] = []
-    for r in results:
-        metric_names += [m for m in r.metrics if m not in metric_names]
-    higher_is_better = higher_is_better or {}
-    header = ["task", "attention", "params (K)", "GMACs", "input"] + [_metric_label(m, higher_is_better.get(m)) for m in metric_names] + ["latency (ms/image)"]
+def results_table(results: Sequence[Mapping], higher_is_better: Mapping[str, bool]) -> str:
+    """Markdown table: one row per task and attention, with params, MACs, metrics and latency.
+
+    ``results`` are the rows of ``results.json`` (a model's numbers as a mapping); only the metrics
+    named in ``higher_is_better`` get a column, in that order.
+    """
+    metric_names = [m for m in higher_is_better if any(m in r["metrics"] for r in results)]
+    header = ["task", "attention", "params (K)", "GMACs", "input"] + [_metric_label(m, higher_is_better[m]) for m in metric_names]
+    header.append("latency (ms/image, median (min–max))")
     lines = ["| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for r in results:
-        cells = [r.task, r.attention.upper(), f"{r.params / 1e3:.1f}", f"{r.macs / 1e9:.3f}", f"{r.size[0]}x{r.size[1]}"]
-        cells += [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metric_names]
-        cells.append(f"{r.latency_ms:.1f}")
+        height, width = r["size"]
+        cells = [r["task"], r["attention"].upper(), f"{r['params'] / 1e3:.1f}", f"{r['macs'] / 1e9:.3f}", f"{height}x{width}"]
+        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in metric_names]
+        cells.append(f"{r['latency_ms']:.1f} ({r['latency_min_ms']:.1f}–{r['latency_max_ms']:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def demo_table(record: Mapping) -> str:
+    """The results table of a demo's ``results.json`` (as read with ``json.load``)."""
+    higher_is_better: dict[str, bool] = {}
+    for task in record["tasks"].values():
+        for metric, higher in task["higher_is_better"].items():
+            higher_is_better.setdefault(metric, higher)
+    return results_table(record["results"], higher_is_better)
 
 
 def _inline_html(text: str) -> str:
@@ -273,8 +339,13 @@ code { background: #f3f3f3; padding: 0 0.2em; }
 """
 
 
+def _data_uri(path: Path) -> str:
+    """A PNG as a ``data:`` URI, so the HTML page carries its figures and can be sent as one file."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def write_report(output_dir: str | Path, title: str, intro: str, table: str, sections: Sequence[Section]) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``output_dir`` (figures referenced relatively)."""
+    """Write ``report.md`` (figures referenced relatively) and ``report.html`` (figures embedded) into ``output_dir``."""
     output_dir = Path(output_dir)
 
     def rel(path: Path) -> str:
@@ -288,7 +359,7 @@ def write_report(output_dir: str | Path, title: str, intro: str, table: str, sec
         for figure in section.figures:
             md += [f"![{figure.caption}]({rel(figure.path)})", "", f"*{figure.caption}*", ""]
             body.append(
-                f'<figure><img src="{html.escape(rel(figure.path))}" alt="{html.escape(figure.caption)}">'
+                f'<figure><img src="{_data_uri(figure.path)}" alt="{html.escape(figure.caption)}">'
                 f"<figcaption>{_inline_html(figure.caption)}</figcaption></figure>"
             )
     page = (
@@ -298,3 +369,16 @@ def write_report(output_dir: str | Path, title: str, intro: str, table: str, sec
     report_md = atomic_write(output_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
     report_html = atomic_write(output_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return report_md, report_html
+
+
+# ----------------------------------------------------------------------------- the README's demo table
+TABLE_START = "<!-- demo table: python scripts/demo_readme.py -->"
+TABLE_END = "<!-- end of demo table -->"
+
+
+def replace_table(page: str, table: str) -> str:
+    """``page`` (a Markdown page) with the text between the demo-table markers replaced by ``table``."""
+    start, end = page.find(TABLE_START), page.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the page has no demo table between {TABLE_START!r} and {TABLE_END!r}")
+    return page[: start + len(TABLE_START)] + "\n" + table + "\n" + page[end:]
