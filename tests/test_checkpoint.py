@@ -3,7 +3,7 @@ import torch
 
 import glmha
 from glmha import CheckpointError
-from glmha.checkpoint import atomic_write, save_weights
+from glmha.checkpoint import save_weights
 from tests.conftest import DATA, load_golden
 
 
@@ -73,20 +73,6 @@ def test_unreadable_and_missing_files(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         glmha.load_checkpoint(model, tmp_path / "empty.pth")
-
-
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-
-    def failing_writer(tmp):
-        open(tmp, "w").write("partial")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(target, failing_writer)
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
 # ----------------------------------------------------------------------------- self-describing files
@@ -214,23 +200,3 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
         read_state_dict(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
     assert not marker.exists()
-
-
-def test_atomic_write_flushes_and_uses_the_umask(tmp_path, monkeypatch):
-    import os
-
-    import glmha.checkpoint as checkpoint
-
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    previous = os.umask(0o022)
-    try:
-        path = atomic_write(tmp_path / "a.txt", lambda tmp: open(tmp, "w").write("x"))
-    finally:
-        os.umask(previous)
-    assert path.read_text() == "x" and (path.stat().st_mode & 0o777) == 0o644
-    assert len(synced) == 2  # the file before the rename, the folder after it
-    with pytest.raises(ZeroDivisionError):
-        atomic_write(tmp_path / "b.txt", lambda tmp: 1 / 0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file left

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+
+from .files import atomic_write
 
 # Where released checkpoints keep their weights: Restormer ships {"params": ...}, BasicSR
 # also writes "params_ema"; MST/MST++ and many trainers use "state_dict" or "model".
@@ -100,44 +101,6 @@ def _key_report(title: str, items: list[str], limit: int = 20) -> str:
     shown = "\n".join(f"    {k}" for k in items[:limit])
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"  {title} ({len(items)}):\n{shown}{more}\n"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
-
-    The file is flushed to disk before the rename and the folder after it, so a crash leaves
-    either the old file or the new one. New files get the usual permissions (the umask's), and
-    the temporary file (``.<name>.<pid>.<random>.tmp``) is removed if ``write`` fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask, as open() would
-    try:
-        write(str(tmp))
-        _fsync(tmp, os.O_RDWR)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), folder=True)
-    return path
-
-
-def _fsync(path: Path, flags: int, folder: bool = False) -> None:
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        if folder:  # folders cannot be opened on Windows; nothing to flush there
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not folder:  # some file systems refuse fsync on folders, which is harmless
-            raise
-    finally:
-        os.close(fd)
 
 
 def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:

@@ -32,7 +32,8 @@ import torch
 from .analysis import profile, report
 from ._version import __version__
 from .analysis.eigen import analyse_attention
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import load_checkpoint
+from .files import atomic_write
 from .demo_types import DemoTask, ModelResult
 
 
@@ -406,8 +407,6 @@ def _run_demo(
             figures_dir / f"{task.name}_eigen",
             title=f"{task.name}: attention spectrum of the trained CSA model",
         )
-        # redrawn in the report's style: one x-axis for every task, the share lines labelled
-        report.attention_spectrum_figure(spectra.spectra, spectra.plot, f"{task.name}: attention spectrum of the trained CSA model")
         section.figures.append(report.Figure(spectra.plot, "Cumulative singular-value spectrum of the trained CSA model's attention maps, per level (paper Fig. 1)."))
         section.text += "\n\nRank that keeps 90 / 95 / 99 % of each CSA layer's attention spectrum (per head):\n\n" + spectra.table
         sections.append(section)

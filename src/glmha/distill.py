@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 # The engine task a teacher is distilled on, from its preset or its architecture.
 PRESET_TASKS = {

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .validation import InputError
 
 log = logging.getLogger(__name__)

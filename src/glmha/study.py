@@ -36,7 +36,7 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 DEFAULT_VARIANTS = ("csa", "glmha")
 DEFAULT_TASKS = ("deraining", "rgb_to_hsi", "cassi", "gaussian_denoising")

@@ -198,7 +198,7 @@ def format_sweep(rows: list[dict]) -> str:
 
 def plot_sweep(rows: list[dict], path: str) -> None:
     """Save the sweep as a PNG (atomically): MACs and params relative to CSA against C, MACs against N."""
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
 
     import matplotlib
 

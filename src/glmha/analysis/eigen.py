@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..attention.convert import swap_layer_attentions
 from ..attention.registry import FAMILIES, get_attention_class, list_attentions
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..inference import pad_to_multiple
 
 SPECTRA = ("singular", "eigen")
@@ -323,23 +323,31 @@ def plot_spectra(
     import matplotlib.pyplot as plt
 
     curves = level_curves(spectra)
+    longest = max(len(curve) for curve in curves.values())
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
     for (level, curve), color in zip(curves.items(), colors):
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=2.5, linewidth=1.4, color=color, label=level)
+    # always a log-2 axis with ticks at powers of two, so that plots of different models read alike
+    ax.set_xscale("log", base=2)
+    ticks = [2**k for k in range(int(np.log2(longest)) + 1)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(0.9, longest * 1.1)
     for share in shares:
-        ax.axhline(share, color="grey", linewidth=0.6, linestyle=":")
+        ax.axhline(share, color="grey", linewidth=0.7, linestyle=":")
+        ax.annotate(f"{share * 100:g} %", (1.0, share), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7, color="dimgrey")
     values = "singular values" if spectrum_kind == "singular" else "eigenvalue magnitudes"
-    ax.set_xlabel(f"number of {values} kept (per head, largest first)")
+    ax.set_xlabel(f"number of {values} kept per head, largest first (log scale)")
     ax.set_ylabel("cumulative share of the spectrum")
     ax.set_ylim(0, 1.02)
-    ax.set_xscale("log" if max(len(c) for c in curves.values()) > 16 else "linear")
-    ax.set_title(title or "Attention map spectrum per level")
+    ax.set_title(title or "Attention map spectrum per level", fontsize=10)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="lower right", ncol=2 if len(curves) > 6 else 1)
     fig.tight_layout()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     finally:
         plt.close(fig)
 

@@ -18,8 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
-from .eigen import DEFAULT_SHARES, LayerSpectrum, level_curves
+from ..files import atomic_write
 from ..demo_types import DemoTask, ModelResult
 
 # Colours of the two attentions in every plot, and of the ground truth.
@@ -170,47 +169,6 @@ def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple
     while len(picks) < count:
         picks.append(int(rng.integers(energy.numel())))
     return [(margin + p // inner_w, margin + p % inner_w) for p in picks[:count]]
-
-
-# ----------------------------------------------------------------------------- attention spectra
-def attention_spectrum_figure(
-    spectra: Sequence[LayerSpectrum],
-    path: str | Path,
-    title: str,
-    shares: Sequence[float] = DEFAULT_SHARES,
-    spectrum_kind: str = "singular",
-) -> Path:
-    """The mean cumulative attention spectrum per level, on the same axes for every model.
-
-    The x-axis is always logarithmic with ticks at powers of two (maps have 8 to 64 values per
-    head in these models), so plots of different tasks read alike; the lines at ``shares``
-    are labelled.
-    """
-    plt = _pyplot()
-    curves = level_curves(spectra)
-    longest = max(len(curve) for curve in curves.values())
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
-    for (level, curve), colour in zip(curves.items(), colours):
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=2.5, linewidth=1.4, color=colour, label=level)
-    ax.set_xscale("log", base=2)
-    ticks = [2**k for k in range(int(np.log2(longest)) + 1)]
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlim(0.9, longest * 1.1)
-    for share in shares:
-        ax.axhline(share, color="grey", linewidth=0.7, linestyle=":")
-        ax.annotate(f"{share * 100:g} %", (1.0, share), xycoords=("axes fraction", "data"), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7, color="dimgrey")
-    values = "singular values" if spectrum_kind == "singular" else "eigenvalue magnitudes"
-    ax.set_xlabel(f"number of {values} kept per head, largest first (log scale)")
-    ax.set_ylabel("cumulative share of the spectrum")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=7, loc="lower right", ncol=2 if len(curves) > 6 else 1)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the demo's figures

@@ -134,7 +134,7 @@ def write_mat(path: str | os.PathLike, variables: dict[str, np.ndarray], version
     ``MATLAB_class``. ``version="5"`` uses :func:`scipy.io.savemat`. Written atomically (a
     reader never sees a partial file). Returns the path.
     """
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
 
     if version not in ("5", "7.3"):
         raise ValueError(f"version must be '7.3' or '5', got {version!r}")

@@ -24,11 +24,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .schema import ConfigError, validate_config
+
 TOP_LEVEL_KEYS = ("base", "description", "task", "seed", "output_dir", "model", "data", "optimizer", "scheduler", "train", "evaluate", "variants")
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message says where."""
 
 
 def merge(base: Mapping, update: Mapping, top_level: bool = True) -> dict:
@@ -115,7 +113,5 @@ def load_config(
     for required in ("task", "model", "data"):
         if required not in cfg:
             raise ConfigError(f"config needs a {required!r} section")
-    from .schema import validate_config  # here, not at the top: the schema reads the registries
-
     validate_config(cfg)
     return cfg

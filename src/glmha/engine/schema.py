@@ -4,7 +4,7 @@
 keys of each section, the types and ranges of the ``train`` and ``evaluate`` settings, the
 optimizer's and schedulers' names and arguments, the task, the model's and attention's names
 and each dataset's ``type`` and arguments. The first problem is raised as a
-:class:`~glmha.engine.config.ConfigError` such as::
+:class:`ConfigError` such as::
 
     train.batch_size = 0: must be an integer > 0
 """
@@ -16,7 +16,10 @@ from typing import Any, Literal, Mapping, Optional, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ConfigError
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message says where (glmha.engine.config raises it too)."""
+
 
 PositiveInt = Field(gt=0)
 PRECISION = Literal["fp32", "bf16", "fp16"]
