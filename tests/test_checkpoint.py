@@ -68,8 +68,12 @@ def test_unreadable_and_missing_files(tmp_path):
         glmha.load_checkpoint(model, tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pth is not a weights file: expected a .safetensors file or a PyTorch"):
         glmha.load_checkpoint(model, junk)
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"\x80\x02 cut short")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        glmha.load_checkpoint(model, broken)
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         glmha.load_checkpoint(model, tmp_path / "empty.pth")

@@ -39,7 +39,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path))
         else:
+            if not _looks_like_torch_save(path):
+                raise CheckpointError(f"{path} is not a weights file: expected a .safetensors file or a PyTorch "
+                                      "checkpoint (.pth/.pt written by torch.save)")
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError:  # weights_only refused what the pickle holds (its message suggests unsafe loading)
         raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain values; "
                               "it was not loaded (only weights files are read)") from None
@@ -47,6 +52,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
     return extract_state_dict(obj, source=str(path))
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        return file.read(1) == b"\x80"
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

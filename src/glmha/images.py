@@ -65,7 +65,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path} is a folder, not a {what}")
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file (a FIFO, socket or device), not a {what}")
+        raise InputError(f"{path} is not a regular file but a FIFO, socket or device (expected: {what})")
     if info.st_size == 0:
         raise InputError(f"{path} is empty (0 bytes)")
     return path
@@ -103,6 +103,14 @@ def _bomb_message(text: str) -> str:
         return (f"{int(numbers[0]):,} pixels, more than the {int(numbers[1]):,} Pillow allows (PIL.Image.MAX_IMAGE_PIXELS): "
                 "a decompression bomb? Raise that limit to read it")
     return text
+
+
+def check_image_file(path: str | os.PathLike) -> Path:
+    """For readers that decode with OpenCV themselves (the official scoring): a non-empty regular
+    file, and, for PNG and JPEG names, not cut short."""
+    path = check_regular_file(path, "image file")
+    _check_complete(path, {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower()))
+    return path
 
 
 def _check_complete(path: Path, image_format: str | None) -> None:

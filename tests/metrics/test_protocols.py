@@ -214,9 +214,11 @@ def test_cassi_protocol_paper_and_training_log():
 
 
 def test_realblur_protocol_aligns_before_scoring():
-    rng = np.random.default_rng(12)
-    base = signal.convolve(rng.random((80, 96, 3)), np.ones((9, 9, 1)) / 81, mode="same")
-    target = (np.clip(base / base.max(), 0, 1) * 255).astype(np.uint8)
+    from skimage import data
+
+    # a photograph: ECC needs real structure (on smooth noise, OpenCV 4.14's ECC settles on a
+    # slightly scaled warp even for a pure gain change)
+    target = np.ascontiguousarray(data.astronaut()[100:196, 150:278])
     assert P.score_realblur(target, target)["ssim"] == pytest.approx(1.0, abs=1e-6)
     shifted = np.roll(target, (2, -3), axis=(0, 1))
     aligned = P.score_realblur(shifted, target)

@@ -29,10 +29,12 @@ def _files(spec: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequ
     paths = [Path(p) for p in ([spec] if isinstance(spec, (str, os.PathLike)) else spec)]
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files += sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes), key=lambda p: natural_key(p.name))
+        if path.is_dir():  # entries that are not regular files are kept, for the reader to refuse by name
+            files += sorted((p for p in path.iterdir() if not p.is_dir() and p.suffix.lower() in suffixes), key=lambda p: natural_key(p.name))
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise DatasetError(f"{path} is not a regular file (a FIFO, socket or device)")
         else:
             raise DatasetError(f"no such file or folder: {path}")
     if not files:
@@ -45,6 +47,9 @@ def read_as_official(path: Path, mode: str) -> np.ndarray:
     dropped), ``"color"`` (OpenCV's default 8-bit colour read) or ``"grayscale"`` (OpenCV grey)."""
     import cv2
 
+    from ..images import check_image_file
+
+    check_image_file(path)  # a FIFO would block; a truncated PNG/JPEG would decode with grey rows
     flags = {"stored": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "grayscale": cv2.IMREAD_GRAYSCALE}
     image = cv2.imread(str(path), flags[mode])
     if image is None:
