@@ -38,7 +38,7 @@ def _add_complexity(parser: argparse.ArgumentParser) -> None:
         help="input height and width (default: the sizes of the papers' tables, per model)",
     )
     parser.add_argument("--sweep", action="store_true", help="instead: one attention layer's cost against C and N")
-    parser.add_argument("--plot", default="complexity_sweep.png", help="PNG of the sweep (default: %(default)s)")
+    parser.add_argument("--plot", default=None, help="PNG of the sweep, with --sweep (default: complexity_sweep.png)")
     parser.add_argument("--sweep-pixels", type=int, default=64 * 64, help="N while C varies (default: %(default)s)")
     parser.add_argument("--sweep-dim", type=int, default=48, help="C while N varies (default: %(default)s)")
 
@@ -96,7 +96,10 @@ def _run_complexity(args: argparse.Namespace) -> None:
     unknown = sorted(set(attentions) - set(list_attentions()))
     if unknown:
         raise CommandError(f"unknown attention {unknown[0]!r}; available: {list_attentions()}")
+    if args.plot is not None and not args.sweep:
+        raise CommandError("--plot draws the attention sweep: add --sweep (the model table has no plot)")
     if args.sweep:
+        args.plot = args.plot or "complexity_sweep.png"
         if args.sweep_pixels < 1 or args.sweep_dim < 1:
             raise CommandError("--sweep-pixels and --sweep-dim must be positive")
         _check_output_file(args.plot, "--plot")
@@ -490,7 +493,7 @@ def _run_score(args: argparse.Namespace) -> None:
     try:
         rows, mean = score_files(args.protocol, restored, args.target, args.grayscale, args.bit_depth)
     except (DatasetError, ValueError, KeyError, OSError) as err:
-        raise CommandError(str(err).strip("'\"")) from None
+        raise CommandError(_message(err)) from None
     print(format_markdown((rows if args.per_image else []) + [mean]))
     if args.output:
         print(f"written: {write_csv(args.output, rows + [mean])}")
@@ -832,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_device(args.device)
         COMMANDS[args.command][1](args)
     except _user_errors() as err:
-        return _print_error(args.command, str(err).strip("'\""))
+        return _print_error(args.command, _message(err))
     except OSError as err:  # files: permissions, full disks, a folder where a file was expected ...
         where = f": {err.filename}" if err.filename else ""
         return _print_error(args.command, f"{err.strerror or err}{where}")
@@ -842,6 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         package_log.removeHandler(handler)
     return 0
+
+
+def _message(err: BaseException) -> str:
+    """The text of an error; a KeyError's str() is its repr, quotes included, so take its argument."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 def _print_error(command: str, message: str) -> int:

@@ -1,6 +1,7 @@
 """Bad inputs, flags and outputs through the ``glmha`` commands: exit code 1 and one ``glmha <command>: error:`` line, no traceback."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -253,6 +254,10 @@ OTHER_CASES = {
                                   Error("file", "exists and is not a folder")),
     "score-output-is-a-folder": (["score", "deraining", "--restored", "{tmp}", "--target", "{tmp}", "--output", "{tmp}"], Error("is a folder")),
     "score-unknown-protocol": (["score", "imagenet", "--restored", "{tmp}"], Error("invalid choice")),
+    "score-fifo-restored": (["score", "deraining", "--restored", "{tmp}/pipe.png", "--target", "{tmp}"], Error("pipe.png", "not a regular file")),
+    "score-truncated-png": (["score", "deraining", "--restored", "{tmp}/cut/x.png", "--target", "{tmp}/cut/x.png"], Error("x.png", "truncated")),
+    "complexity-plot-without-sweep": (["complexity", "--plot", "{tmp}/p.png"], Error("--plot draws the attention sweep", "--sweep")),
+    "train-bad-precision-keeps-its-quotes": (["train", "{tmp}/c.yaml", "train.precision=fp8"], Error("'fp8'", "'fp16'")),
     "prepare-missing-source": (["prepare", "gopro", "--source", "{tmp}/none", "--output", "{tmp}/out"], Error("none")),
     "prepare-unknown-task": (["prepare", "imagenet", "--source", "{tmp}"], Error("invalid choice")),
     "evaluate-output-below-a-file": (["evaluate", "{tmp}/c.yaml", "--output-dir", "{tmp}/file/eval"], Error("cannot write to the output folder")),
@@ -269,6 +274,12 @@ OTHER_CASES = {
 def test_other_commands(tmp_path, cli, restormer_checkpoint, name):
     args, expected = OTHER_CASES[name]
     (tmp_path / "file").write_text("not a folder")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "cut").mkdir()
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, format="PNG")
+    (tmp_path / "cut" / "x.png").write_bytes(buffer.getvalue()[:-20])
+    (tmp_path / "c.yaml").write_text("task: deraining\nmodel: {name: restormer}\ndata: {train: {type: synthetic}}\ntrain: {precision: fp32, total_iters: 2}\n")
     args = [a.replace("{tmp}", str(tmp_path)).replace("{ckpt}", str(restormer_checkpoint)) for a in args]
     run = cli(*args)
     command = args[0] if args and args[0] in glmha.cli.COMMANDS else None
