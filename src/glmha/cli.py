@@ -22,7 +22,7 @@ from .reconstruction import (
     CUBE_FORMATS, MEASUREMENT_SUFFIXES, band_wavelengths, builtin_cassi_inputs, builtin_real_cassi_inputs,
     reconstruct_cassi_files, reconstruct_real_cassi_files, reconstruct_rgb_files,
 )
-from .validation import InputError
+from .validation import InputError, error_message
 
 
 class CommandError(RuntimeError):
@@ -408,7 +408,7 @@ def _run_train(args: argparse.Namespace) -> None:
         result = train(args.config, overrides, variant=args.variant, output_dir=args.output_dir,
                        resume=args.resume, device=args.device)
     except _engine_errors() as err:
-        raise CommandError(str(err)) from None
+        raise CommandError(error_message(err)) from None
     if result.best:
         print("best validation: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items()))
     print(f"weights: {result.weights}")
@@ -442,7 +442,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
                           output_dir=args.output_dir, device=args.device, tile=args.tile, precision=args.precision,
                           save_images=args.save_images or None)
     except _engine_errors() as err:
-        raise CommandError(str(err)) from None
+        raise CommandError(error_message(err)) from None
     print(result.markdown)
     print(f"written: {result.csv_path}, {result.markdown_path}")
     for name, folder in result.outputs.items():
@@ -493,7 +493,7 @@ def _run_score(args: argparse.Namespace) -> None:
     try:
         rows, mean = score_files(args.protocol, restored, args.target, args.grayscale, args.bit_depth)
     except (DatasetError, ValueError, KeyError, OSError) as err:
-        raise CommandError(_message(err)) from None
+        raise CommandError(error_message(err)) from None
     print(format_markdown((rows if args.per_image else []) + [mean]))
     if args.output:
         print(f"written: {write_csv(args.output, rows + [mean])}")
@@ -835,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_device(args.device)
         COMMANDS[args.command][1](args)
     except _user_errors() as err:
-        return _print_error(args.command, _message(err))
+        return _print_error(args.command, error_message(err))
     except OSError as err:  # files: permissions, full disks, a folder where a file was expected ...
         where = f": {err.filename}" if err.filename else ""
         return _print_error(args.command, f"{err.strerror or err}{where}")
@@ -845,11 +845,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         package_log.removeHandler(handler)
     return 0
-
-
-def _message(err: BaseException) -> str:
-    """The text of an error; a KeyError's str() is its repr, quotes included, so take its argument."""
-    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 def _print_error(command: str, message: str) -> int:

@@ -213,7 +213,7 @@ def decode_image(path: str | os.PathLike, decoder: str = "pillow", bit_depth: in
         except InputError:
             if decoder != "pillow" or path.suffix.lower() not in (".tif", ".tiff"):
                 raise
-            array = _read_opencv(path, _cv2_flags("stored"), quiet=True)  # float colour TIFFs, which Pillow cannot open
+            array = read_opencv(path, _cv2_flags("stored"), quiet=True)  # float colour TIFFs, which Pillow cannot open
             if array is None or array.dtype.kind != "f":
                 raise
         else:
@@ -241,11 +241,11 @@ def _decode_opened(path: Path, image, decoder: str, bit_depth: int | None, grey:
             raise InputError(f"{path}: 32-bit images (mode {mode!r}) are not read by the official protocol's OpenCV "
                              "decoding; save them as 8- or 16-bit PNGs")
         if grey:
-            return _read_opencv(path, _cv2_flags("grey16" if bit_depth == 16 else "grey"))
-        return _read_opencv(path, _cv2_flags("stored" if bit_depth == 16 else "colour"))
+            return read_opencv(path, _cv2_flags("grey16" if bit_depth == 16 else "grey"))
+        return read_opencv(path, _cv2_flags("stored" if bit_depth == 16 else "colour"))
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     if _bits_per_sample(path, image) == 16 and mode not in _GREY_MODES:
-        array = _read_opencv(path, _cv2_flags("stored"))  # Pillow would decode 16-bit colour to 8 bits
+        array = read_opencv(path, _cv2_flags("stored"))  # Pillow would decode 16-bit colour to 8 bits
     else:
         array = _read_pillow(path, image)
     return apply_exif_orientation(array, orientation)
@@ -285,7 +285,8 @@ def _cv2_flags(read: str) -> int:
     }[read]
 
 
-def _read_opencv(path: Path, flags: int, quiet: bool = False) -> np.ndarray | None:
+def read_opencv(path: Path, flags: int, quiet: bool = False) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` in RGB order (alpha dropped); None (``quiet``) or :class:`InputError` if it cannot decode."""
     import cv2
 
     try:

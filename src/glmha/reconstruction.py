@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .validation import InputError
+from .validation import InputError, error_message
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndar
         else:
             raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .mat or .npy")
     except (ValueError, KeyError, OSError, EOFError) as err:
-        message = (str(err).strip("'\"") or type(err).__name__).splitlines()[0]
+        message = (error_message(err) or type(err).__name__).splitlines()[0]
         raise InputError(message if str(path) in message else f"cannot read {path}: {message}") from None
     if array.ndim not in (2, 3):
         raise InputError(f"{path}: expected a 2-D measurement or a 3-D cube, got shape {array.shape}")

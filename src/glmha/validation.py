@@ -8,6 +8,11 @@ class InputError(ValueError):
     """Raised when a model or function receives input it cannot use; the message says why."""
 
 
+def error_message(err: BaseException) -> str:
+    """The text of an error; a KeyError's str() is its repr, quotes included, so take its argument."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
 def check_image_batch(x: object, channels: int | None, what: str = "input", check_finite: bool = True) -> None:
     """Check that ``x`` is a ``B x C x H x W`` floating tensor with ``channels`` channels.
 

@@ -88,9 +88,10 @@ def initialise_from(model: nn.Module, source: str | os.PathLike) -> InitReport:
     if spec is not None and spec.attention == "glmha" and not spec.layers and source_attention == "csa":
         converted, used, from_source = _svd_converted(spec, state)
         report.conversion = "CSA -> GLMHA by SVD"
-        loadable = {k: v for k, v in _fitting(own, converted).items() if k in from_source}
+        fitting = _fitting(own, converted)
+        loadable = {k: v for k, v in fitting.items() if k in from_source}
         # calibration tensors are set by the conversion (a neutral gate): they load too, but count as new
-        model.load_state_dict({**loadable, **{k: v for k, v in _fitting(own, converted).items() if ".calibration." in k}}, strict=False)
+        model.load_state_dict({**loadable, **{k: v for k, v in fitting.items() if ".calibration." in k}}, strict=False)
         report.dropped = sorted(k for k in state if k not in used)
     else:
         loadable = _fitting(own, state)

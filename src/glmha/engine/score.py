@@ -47,16 +47,11 @@ def read_as_official(path: Path, mode: str) -> np.ndarray:
     dropped), ``"color"`` (OpenCV's default 8-bit colour read) or ``"grayscale"`` (OpenCV grey)."""
     import cv2
 
-    from ..images import check_image_file
+    from ..images import check_image_file, read_opencv
 
     check_image_file(path)  # a FIFO would block; a truncated PNG/JPEG would decode with grey rows
     flags = {"stored": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "grayscale": cv2.IMREAD_GRAYSCALE}
-    image = cv2.imread(str(path), flags[mode])
-    if image is None:
-        raise DatasetError(f"cannot read image {path}")
-    if image.ndim == 3:
-        image = image[..., 2::-1] if image.shape[-1] >= 3 else image
-    return np.ascontiguousarray(image)
+    return read_opencv(path, flags[mode])
 
 
 def _pair_by_stem(restored: list[Path], targets: list[Path]) -> list[tuple[Path, Path]]:

@@ -319,9 +319,8 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     """Dotted keys whose values differ between a run's saved config and ``current``, except :data:`RESUME_FREE_KEYS`."""
     a, b = (_flatten(json.loads(json.dumps(c, default=str))) for c in (saved, current))
-    free = tuple(RESUME_FREE_KEYS)
     return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
-                  and not any(k == f or k.startswith(f + ".") for f in free))
+                  and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS))
 
 
 @contextlib.contextmanager
@@ -389,7 +388,7 @@ class RunLog:
     def header(self, cfg: Mapping, device: torch.device) -> None:
         import platform
 
-        from .. import __version__
+        from .._version import __version__
 
         where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
         self.line(f"==== glmha train started {time.strftime('%Y-%m-%d %H:%M:%S')}", console=False)
@@ -431,7 +430,7 @@ def _has_checkpoints(output_dir: Path) -> bool:
 
 
 def _resume_mode(resume: bool | str) -> str:
-    mode = {True: "auto", False: "never"}.get(resume, resume) if isinstance(resume, bool) else resume
+    mode = ("auto" if resume else "never") if isinstance(resume, bool) else resume
     if mode not in RESUME_MODES:
         raise ConfigError(f"resume must be one of {list(RESUME_MODES)}, got {resume!r}")
     return mode
