@@ -5,8 +5,9 @@ Per task and seed, on the built-in data of the demo's ``default`` budget:
 - teacher: the CSA model trained for B = ``--scale`` x the budget's iterations;
 - scratch: GLMHA trained the same way for B (paired with the teacher: same shared-layer
   initialisation and data order, as ``glmha study`` pairs seeds);
-- distilled: the teacher's GLMHA student (SVD warm start) trained ``--fraction`` x B iterations
-  to reproduce the teacher's outputs on the training inputs (no ground truth), ``glmha.distill``;
+- distilled: the teacher's GLMHA student (``glmha distill``'s default: per-layer ranks and tokens
+  at the MACs of rank ratio 0.5, or ``--rank-ratio`` for every layer) trained ``--fraction`` x B
+  iterations to reproduce the teacher's outputs on the training inputs (no ground truth);
 - svd_finetune: the same warm-started student trained ``--fraction`` x B iterations on the ground truth.
 
 All four are scored on the same held-out images: the task's metrics against the ground truth
@@ -26,7 +27,7 @@ import torch
 
 from glmha.checkpoint import load_model
 from glmha.demo import BUDGETS, _test_batches, _to
-from glmha.distill import build_student, distill
+from glmha.distill import distill
 from glmha.engine.trainer import train
 from glmha.study import _score, parse_variant, run_variant, study_tasks, t_interval
 
@@ -64,18 +65,19 @@ def run_seed(task_name: str, seed: int, budget, args, folder: Path) -> dict[str,
     distill(teacher, folder / "distilled", config["data"]["train"], task=task_name, rank_ratio=args.rank_ratio,
             iterations=short, batch_size=budget.batch_size, patch_size=patch, lr=lr, seed=seed, device="cpu", progress=False)
     distilled = load_model(folder / "distilled", verbose=False).eval()
+    student_ranks = json.loads((folder / "distilled" / "student_ranks.json").read_text())
     # the same warm start, fine-tuned on the ground truth with the task's own loss and schedule
     short_task = study_tasks(dataclasses.replace(budget, iterations=short), 0, [task_name])[0]
     short_config = {**short_task.config, "seed": seed}
     short_config["model"] = {**short_config["model"], "attention": "glmha"}
     short_config["train"] = {**short_config["train"], "progress": False}
-    torch.manual_seed(seed)
-    student, _ = build_student(teacher, [], rank_ratio=args.rank_ratio)
+    student = load_model(folder / "distilled" / "student_init.safetensors", verbose=False).train()
     train(short_config, output_dir=folder / "svd_finetune", device="cpu", model=student)
     models = {"teacher": teacher, "distilled": distilled, "scratch": load_model(folder / "scratch", verbose=False),
               "svd_finetune": student.eval()}
     scores = {name: score(task, model, teacher) for name, model in models.items()}
     scores["iterations"] = {"B": budget.iterations, "short": short}
+    scores["student"] = student_ranks
     scores_path.write_text(json.dumps(scores, indent=1))
     return scores
 
@@ -106,7 +108,8 @@ def main() -> None:
     parser.add_argument("--budget", default="default", choices=list(BUDGETS))
     parser.add_argument("--scale", type=float, default=4.0, help="B = scale x the budget's iterations (default: 4)")
     parser.add_argument("--fraction", type=float, default=0.2, help="distillation / fine-tuning iterations as a share of B (default: 0.2)")
-    parser.add_argument("--rank-ratio", type=float, default=0.5, help="the student's GLMHA rank ratio (default: 0.5)")
+    parser.add_argument("--rank-ratio", type=float, default=None,
+                        help="one GLMHA rank ratio for every layer of the student (default: glmha distill's per-layer ranks at rank ratio 0.5's MACs)")
     parser.add_argument("--test-images", type=int, default=16)
     parser.add_argument("--width", type=int, default=None, help="Restormer width (default: the budget's)")
     parser.add_argument("--blocks", type=int, nargs=4, default=None, help="Restormer blocks per level (default: the budget's)")

@@ -7,7 +7,7 @@ from PIL import Image
 
 import glmha
 from glmha.cli import main
-from glmha.distill import build_student, data_spec, default_task, distill
+from glmha.distill import analysis_crop, build_student, data_spec, default_task, distill
 from glmha.engine.tasks import DistillationTask, build_dataset
 from glmha.checkpoint import load_model
 
@@ -22,16 +22,34 @@ def teacher():
 
 
 def test_the_student_is_the_teacher_with_svd_glmha(teacher):
-    student, ranks = build_student(teacher, [], rank_ratio=0.5)
-    assert ranks is None
+    student, choice = build_student(teacher, [], rank_ratio=0.5)
+    assert choice == {"mode": "rank_ratio", "rank_ratio": 0.5}
     kinds = {type(m).__name__ for m in student.modules()}
     assert "GLMHA" in kinds and "MDTA" not in kinds
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
     # everything but the attention's key/value path is the teacher's, untouched
     assert all(torch.equal(v, student_state[k]) for k, v in teacher_state.items() if ".attn." not in k)
     assert {type(m).__name__ for m in teacher.modules()} >= {"MDTA"}
-    per_layer, ranks = build_student(teacher, [torch.rand(1, 3, 32, 32)], share=0.9)
-    assert ranks and set(ranks) == {n for n, m in teacher.named_modules() if type(m).__name__ == "MDTA"}
+    layers = {n for n, m in teacher.named_modules() if type(m).__name__ == "MDTA"}
+    per_layer, choice = build_student(teacher, [torch.rand(1, 3, 32, 32)], share=0.9)
+    assert choice["mode"] == "share" and set(choice["ranks"]) == layers
+    with pytest.raises(ValueError, match="one of rank_ratio, share and macs_saving"):
+        build_student(teacher, [torch.rand(1, 3, 32, 32)], rank_ratio=0.5, share=0.9)
+
+
+def test_the_default_student_costs_what_rank_ratio_half_costs(teacher):
+    inputs = [torch.rand(1, 3, 32, 32) for _ in range(2)]
+    student, choice = build_student(teacher, inputs)
+    uniform, _ = build_student(teacher, [], rank_ratio=0.5)
+    macs = {name: glmha.profile(model, inputs[0]).macs for name, model in (("teacher", teacher), ("student", student), ("uniform", uniform))}
+    assert choice["mode"] == "macs_saving" and choice["macs_saving"] == pytest.approx(1 - macs["uniform"] / macs["teacher"])
+    assert macs["student"] <= macs["uniform"]  # at least the uniform saving
+    assert {n: m.rank for n, m in student.named_modules() if type(m).__name__ == "GLMHA"} == choice["ranks"]
+    # the teacher's output on the inputs changes less than with the same rank everywhere
+    with torch.no_grad():
+        errors = {name: sum(float((model.eval()(x) - teacher(x)).square().mean()) for x in inputs) for name, model in
+                  (("student", student), ("uniform", uniform))}
+    assert errors["student"] < errors["uniform"]
 
 
 def test_distillation_targets_are_the_teachers_outputs(teacher):
@@ -68,6 +86,7 @@ def test_distill_resumes_exactly(tmp_path, teacher):
     report = json.loads((tmp_path / "whole" / "distill.json").read_text())
     assert report["params"]["student"] < report["params"]["teacher"] and report["macs"]["student"] < report["macs"]["teacher"]
     assert {"psnr_to_teacher", "psnr", "teacher_psnr"} <= set(report["metrics"])
+    assert report["loss"] == "l1" and report["student"]["mode"] == "rank_ratio"
     # the student file describes itself: a GLMHA Restormer
     assert a.spec.attention == "glmha" and type(a).__name__ == "Restormer"
 
@@ -114,3 +133,31 @@ def test_distill_command(tmp_path, teacher, capsys):
     assert "inputs must be 'builtin' or a folder of images" in capsys.readouterr().err
     assert main([*args, "--iterations", "0"]) == 1
     assert "--iterations must be a positive integer" in capsys.readouterr().err
+    assert main([*args[:-2], "--macs-saving", "1.5"]) == 1
+    assert "--macs-saving must be in (0, 1), got 1.5" in capsys.readouterr().err
+    # the default student: per-layer ranks at rank ratio 0.5's MACs, reported per layer
+    assert main([*args[:-2], "--output", str(tmp_path / "run3")]) == 0
+    out = capsys.readouterr().out
+    assert "the least output change for" in out and "| encoder_level1.0.attn |" in out
+    saved = json.loads((tmp_path / "run3" / "student_ranks.json").read_text())
+    assert saved["mode"] == "macs_saving" and set(saved["ranks"]) >= {"encoder_level1.0.attn", "refinement.0.attn"}
+
+
+def test_spectral_students_learn_a_relative_distance(tmp_path):
+    torch.manual_seed(0)
+    teacher = glmha.create_model("mst_plus_plus", stage=1, n_feat=31).eval()
+    data = {"type": "synthetic_rgb2hsi", "count": 2, "size": 32, "seed": 0}
+    run = distill(teacher, tmp_path / "run", data, task="rgb_to_hsi", iterations=1, batch_size=1, patch_size=None,
+                  device="cpu", progress=False)
+    # MRAE is relative: the ranks are chosen, and the student taught, relative to the teacher's output
+    assert run.summary["loss"] == "relative_l1" and run.summary["student"]["relative"] is True
+
+
+def test_analysis_inputs_are_central_crops_the_network_takes():
+    image = torch.arange(300 * 203, dtype=torch.float32).reshape(1, 1, 300, 203)
+    crop = analysis_crop(image, 8)
+    assert crop.shape[-2:] == (128, 128)
+    assert torch.equal(crop, image[..., 86:214, 37:165])
+    assert analysis_crop(image[..., :50, :21], 8).shape[-2:] == (48, 16)
+    with pytest.raises(ValueError, match="smaller than the network's size multiple 8"):
+        analysis_crop(image[..., :5, :40], 8)

@@ -104,3 +104,19 @@ def test_study_command_errors(tmp_path, capsys):
     assert "unknown attention 'nope'" in capsys.readouterr().err
     assert main(["study", "--tasks", "inpainting", "--output", str(tmp_path), "--budget", "tiny"]) == 1
     assert "unknown study task 'inpainting'" in capsys.readouterr().err
+    assert main(["study", "--iterations", "-5", "--output", str(tmp_path), "--budget", "tiny"]) == 1
+    assert "iterations must be a positive integer, got -5" in capsys.readouterr().err
+
+
+def test_study_iterations_replace_the_budgets_and_a_folder_keeps_its_settings(tiny_study, tmp_path):
+    out, _ = tiny_study
+    # the finished runs of another number of iterations are not mixed in silently
+    with pytest.raises(ValueError, match=r"trained with other settings \(.*train.total_iters.*\).*another --output"):
+        run_study(out, ["deraining"], ["csa", "glmha"], 2, "tiny", progress=False, log=lambda _: None, test_images=2, iterations=3)
+    result = run_study(tmp_path, ["deraining"], ["csa"], 1, "tiny", progress=False, log=lambda _: None, test_images=1, iterations=2)
+    payload = json.loads(result.json.read_text())
+    assert payload["iterations"] == 2 and "(2 iterations per model" in result.markdown.read_text()
+    saved = json.loads((tmp_path / "runs" / "deraining" / "csa" / "seed0" / "study_config.json").read_text())
+    assert saved["train"]["total_iters"] == 2 and saved["scheduler"]["T_max"] == 2
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        run_study(tmp_path, ["deraining"], ["csa"], 1, "tiny", progress=False, log=lambda _: None, iterations=0)

@@ -536,6 +536,8 @@ def _add_study(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="the demo's training budgets (default: default)")
     parser.add_argument("--reference", default=None, help="the variant differences are taken against (default: the first)")
     parser.add_argument("--test-images", type=int, default=16, help="held-out images per task (default: 16)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations per model instead of the budget's (the schedule runs to its end)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
@@ -546,7 +548,7 @@ def _run_study(args: argparse.Namespace) -> None:
         raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
     try:
         result = run_study(args.output, args.tasks, args.variants, args.seeds, args.budget, args.device, args.reference,
-                           test_images=args.test_images)
+                           test_images=args.test_images, iterations=args.iterations)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(f"\n{result.markdown.read_text()}\nwritten: {result.markdown}, {result.json}, {result.figure} ({result.seconds / 60:.1f} min)")
@@ -554,6 +556,7 @@ def _run_study(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- distill
 def _add_distill(parser: argparse.ArgumentParser) -> None:
+    from .engine.tasks import LOSSES
     from .presets import list_presets
 
     parser.add_argument("--teacher", required=True, help="the CSA model: this project's checkpoint or run folder, or an official .pth with --preset")
@@ -563,9 +566,14 @@ def _add_distill(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="run folder (an existing one is resumed)")
     parser.add_argument("--task", default=None, help="deraining, gaussian_denoising, rgb_to_hsi, ... (default: from the preset or the model)")
     ranks = parser.add_mutually_exclusive_group()
-    ranks.add_argument("--rank-ratio", type=float, default=None, help="one GLMHA rank ratio for every layer")
-    ranks.add_argument("--share", type=float, default=0.95,
-                       help="per-layer ranks keeping this share of each attention spectrum on the inputs (default: 0.95, as glmha rank --suggest)")
+    ranks.add_argument("--macs-saving", type=float, default=None,
+                       help="share of the teacher's MACs the student saves, with per-layer ranks and tokens that change the teacher's "
+                            "output on the inputs least (default: what rank ratio 0.5 for every layer saves)")
+    ranks.add_argument("--rank-ratio", type=float, default=None, help="one GLMHA rank ratio for every layer instead")
+    ranks.add_argument("--share", type=float, default=None,
+                       help="per-layer ranks keeping this share of each attention spectrum on the inputs instead (as glmha rank --suggest)")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default=None,
+                        help="distance to the teacher's output (default: l1; relative_l1 for RGB-to-HSI, whose MRAE is relative)")
     parser.add_argument("--iterations", type=int, default=1000, help="training iterations (default: 1000)")
     parser.add_argument("--batch-size", type=int, default=4, help="default: 4")
     parser.add_argument("--patch-size", type=int, default=64, help="training crop side (default: 64)")
@@ -584,8 +592,11 @@ def _run_distill(args: argparse.Namespace) -> None:
     for name in ("iterations", "batch_size", "patch_size", "builtin_images"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if not 0 < args.share <= 1 or (args.rank_ratio is not None and not 0 < args.rank_ratio <= 1):
-        raise CommandError("--share and --rank-ratio must be in (0, 1]")
+    for name in ("share", "rank_ratio"):
+        if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
+    if args.macs_saving is not None and not 0 < args.macs_saving < 1:
+        raise CommandError(f"--macs-saving must be in (0, 1), got {args.macs_saving}")
     try:
         teacher = load_model(args.teacher, args.device or "cpu", args.preset, verbose=False)
         task = args.task or default_task(teacher)
@@ -597,7 +608,7 @@ def _run_distill(args: argparse.Namespace) -> None:
             train_data.pop("crop_size", None)
         test_data = None if args.test is None else data_spec(task, args.test, grey, max(1, args.builtin_images // 3), seed=args.seed + 1000)
         result = distill(teacher, args.output, train_data, test_data, task=task, rank_ratio=args.rank_ratio, share=args.share,
-                         iterations=args.iterations, batch_size=args.batch_size,
+                         macs_saving=args.macs_saving, loss=args.loss, iterations=args.iterations, batch_size=args.batch_size,
                          patch_size=None if train_data["type"] == "synthetic_rgb2hsi" else args.patch_size,
                          lr=args.lr, feature_weight=args.feature_weight, seed=args.seed, device=args.device)
     except (ValueError, CheckpointError) as err:

@@ -1,12 +1,15 @@
 """``glmha distill``: a trained CSA model (an official release file included) into GLMHA, without its training data.
 
-1. The student is the teacher with its channel attention swapped for GLMHA, warm-started by
-   truncated SVD of the teacher's key/value projections (:func:`glmha.swap_attention`), with
-   one rank for all layers (``rank_ratio``) or, by default, per-layer ranks that keep
-   ``share`` of each layer's attention spectrum measured on the training inputs
-   (:func:`glmha.analysis.eigen.suggest_ranks`, as ``glmha rank --suggest``).
+1. The student is the teacher with its channel attention swapped for GLMHA, warm-started from
+   the teacher's own key/value tokens. By default each layer's rank and tokens are those that
+   change the teacher's output on a few training inputs least for the MACs that rank ratio 0.5
+   saves (:mod:`glmha.analysis.allocation`); or one rank for all layers (``rank_ratio``,
+   tokens by SVD), per-layer ranks keeping ``share`` of each attention spectrum (as
+   ``glmha rank --suggest``), or another ``macs_saving``.
 2. The student learns to reproduce the teacher's outputs on degraded inputs alone (no ground
-   truth): the engine trains it with the teacher's output as the target
+   truth; L1, or for RGB-to-HSI an L1 relative to the teacher's output, as MRAE is relative, and
+   its ranks are then chosen on the relative change too):
+   the engine trains it with the teacher's output as the target
    (:class:`glmha.engine.tasks.DistillationTask`), with the engine's checkpoints, resume,
    AMP, DDP and progress.
 3. A report compares student and teacher on held-out inputs: PSNR of the student's output
@@ -38,6 +41,13 @@ PRESET_TASKS = {
     "real_denoising": "real_denoising", "gaussian": "gaussian_denoising", "mst_plus_plus": "rgb_to_hsi",
 }
 MODEL_TASKS = {"restormer": "deraining", "mst_plus_plus": "rgb_to_hsi"}
+# MST++ is judged by MRAE, a relative error: its student's ranks are chosen, and the student
+# taught, with the teacher's output as the denominator, so that dark pixels weigh as they do in
+# the metric (docs/distillation.md).
+RELATIVE_TASKS = ("rgb_to_hsi",)
+DISTILL_LOSSES = {"rgb_to_hsi": "relative_l1"}
+ANALYSIS_INPUTS = 8  # training inputs the student's ranks are measured on
+ANALYSIS_SIZE = 128  # and their largest side
 
 
 def default_task(model: nn.Module) -> str:
@@ -55,21 +65,64 @@ def default_task(model: nn.Module) -> str:
     return MODEL_TASKS[name]
 
 
-def build_student(teacher: nn.Module, analysis_inputs: list[torch.Tensor], rank_ratio: float | None = None,
-                  share: float = 0.95) -> tuple[nn.Module, dict[str, int] | None]:
-    """The GLMHA student of ``teacher``: a copy with SVD-initialised GLMHA, one rank ratio or per-layer ranks."""
+def analysis_crop(image: torch.Tensor, multiple: int = 1, limit: int = ANALYSIS_SIZE) -> torch.Tensor:
+    """The centre of ``image`` (``... x H x W``), at most ``limit`` pixels a side and a multiple of
+    ``multiple``: the rank choice runs the teacher many times, and needs sizes the network takes."""
+    h, w = image.shape[-2:]
+    side_h, side_w = (min(limit, n) // multiple * multiple for n in (h, w))
+    if not side_h or not side_w:
+        raise ValueError(f"an input of {h}x{w} pixels is smaller than the network's size multiple {multiple}")
+    top, left = (h - side_h) // 2, (w - side_w) // 2
+    return image[..., top:top + side_h, left:left + side_w]
+
+
+def uniform_saving(teacher: nn.Module, example: torch.Tensor, rank_ratio: float = 0.5) -> float:
+    """The share of ``teacher``'s MACs on ``example`` that GLMHA with one ``rank_ratio`` for every layer saves."""
     from . import swap_attention
+    from .analysis import profile
+
+    uniform = swap_attention(copy.deepcopy(teacher), "glmha", rank_ratio=rank_ratio)
+    return 1 - profile(uniform, example).macs / profile(teacher, example).macs
+
+
+def build_student(teacher: nn.Module, analysis_inputs: list[torch.Tensor], rank_ratio: float | None = None,
+                  share: float | None = None, macs_saving: float | None = None,
+                  relative: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The GLMHA student of ``teacher`` and a record of how its ranks were chosen. At most one of:
+
+    - ``rank_ratio``: one rank ratio for every layer, tokens by the SVD of the projections;
+    - ``share``: per-layer ranks keeping that share of each layer's attention spectrum on the inputs;
+    - ``macs_saving``: per-layer ranks and tokens that change the teacher's output on the inputs
+      least while saving that share of its MACs (:mod:`glmha.analysis.allocation`).
+
+    None of them: ``macs_saving`` equal to what rank ratio 0.5 for every layer saves, i.e. the
+    cost of the default GLMHA with the ranks put where the teacher needs them. ``relative``
+    measures the output change relative to the teacher's output (for MRAE-judged models).
+    """
+    from . import swap_attention
+    from .analysis import allocation
     from .analysis.eigen import apply_ranks, attention_spectra, suggest_ranks
 
+    if sum(v is not None for v in (rank_ratio, share, macs_saving)) > 1:
+        raise ValueError("give one of rank_ratio, share and macs_saving")
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     if rank_ratio is not None:
-        return swap_attention(student, "glmha", init="svd", rank_ratio=rank_ratio), None
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share}")
-    with torch.no_grad():
-        spectra = attention_spectra(teacher.eval(), [(x,) for x in analysis_inputs])
-    ranks = suggest_ranks(spectra, share)
-    return apply_ranks(student, ranks, "glmha", init="svd"), ranks
+        return swap_attention(student, "glmha", init="svd", rank_ratio=rank_ratio), {"mode": "rank_ratio", "rank_ratio": rank_ratio}
+    if not analysis_inputs:
+        raise ValueError("per-layer ranks need some inputs to measure the teacher on")
+    if share is not None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        with torch.no_grad():
+            spectra = attention_spectra(teacher.eval(), [(x,) for x in analysis_inputs])
+        ranks = suggest_ranks(spectra, share)
+        return apply_ranks(student, ranks, "glmha", init="svd"), {"mode": "share", "share": share, "ranks": ranks}
+    if macs_saving is None:
+        macs_saving = uniform_saving(teacher.eval(), analysis_inputs[0])
+    distance = allocation.relative_squared_error if relative else allocation.squared_error
+    found = allocation.allocate_ranks(teacher.eval(), analysis_inputs, macs_saving, distance=distance)
+    student = allocation.convert(teacher, found).train().requires_grad_(True)
+    return student, {"mode": "macs_saving", "macs_saving": macs_saving, "relative": relative, "ranks": found.ranks}
 
 
 def data_spec(task: str, inputs: str | os.PathLike, grayscale: bool = False, count: int = 24, size: int = 96,
@@ -148,12 +201,13 @@ def distill(
     task: str | None = None,
     preset: str | None = None,
     rank_ratio: float | None = None,
-    share: float = 0.95,
+    share: float | None = None,
+    macs_saving: float | None = None,
     iterations: int = 1000,
     batch_size: int = 4,
     patch_size: int | None = 64,
     lr: float = 2e-4,
-    loss: str = "l1",
+    loss: str | None = None,
     feature_weight: float = 0.0,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -173,13 +227,24 @@ def distill(
     task = task or default_task(teacher_model)
     teacher_path = save_model(teacher_model, output_dir / "teacher.safetensors")
     init_path = output_dir / "student_init.safetensors"
+    choice_path = output_dir / "student_ranks.json"
     if init_path.is_file():  # a resumed run keeps the student it started with
-        student, ranks = load_model(init_path, verbose=False).train(), None
+        student = load_model(init_path, verbose=False).train()
+        choice = json.loads(choice_path.read_text()) if choice_path.is_file() else {"mode": "saved"}
     else:
         torch.manual_seed(seed)
-        analysis = [b["input"] for b in _batches(train_data, 4)]
-        student, ranks = build_student(teacher_model, analysis, rank_ratio, share)
+        plain = {**train_data, "augment": False} if "augment" in train_data else train_data  # unaugmented inputs
+        multiple = int(getattr(teacher_model, "size_multiple", 1))
+        where = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        analysis = [analysis_crop(b["input"], multiple).to(where) for b in _batches(plain, ANALYSIS_INPUTS)]
+        if progress and rank_ratio is None:
+            print(f"choosing the student's per-layer ranks on {len(analysis)} training inputs ({where.type})", flush=True)
+        student, choice = build_student(teacher_model.to(where), analysis, rank_ratio, share, macs_saving,
+                                        relative=task in RELATIVE_TASKS)
+        student, teacher_model = student.cpu(), teacher_model.cpu()
         save_model(student, init_path)
+        atomic_write(choice_path, lambda tmp: Path(tmp).write_text(json.dumps(choice, indent=1) + "\n"))
+    loss = loss or DISTILL_LOSSES.get(task, "l1")
     spec = getattr(student, "spec", None)
     config = {
         "task": {"name": "distill", "base": task, "teacher": str(teacher_path), "feature_weight": feature_weight},
@@ -197,8 +262,8 @@ def distill(
     atomic_write(output_dir / "distill_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
     result = train(config, output_dir=output_dir, device=device, model=student, resume=resume, max_steps=max_steps)
     device = torch.device(device) if device else next(student.parameters()).device
-    summary: dict[str, Any] = {"task": task, "iterations": result.iteration, "finished": result.finished,
-                               "rank_ratio": rank_ratio, "share": None if rank_ratio is not None else share, "ranks": ranks}
+    summary: dict[str, Any] = {"task": task, "iterations": result.iteration, "finished": result.finished, "loss": loss,
+                               "student": choice}
     if test_data:
         engine_task = DistillationTask(task, teacher_model)
         summary.update(compare(engine_task, teacher_model, student, test_data, device))
@@ -209,10 +274,15 @@ def distill(
 
 def format_report(summary: Mapping[str, Any]) -> str:
     """The Markdown report of a distillation run."""
+    choice = summary["student"]
+    how = {"rank_ratio": lambda: f"rank ratio {choice['rank_ratio']} for every layer",
+           "share": lambda: f"per layer, keeping {choice['share']:.0%} of each attention spectrum",
+           "macs_saving": lambda: f"per layer, the least output change for {choice['macs_saving']:.1%} of the MACs saved",
+           "saved": lambda: "as in student_init.safetensors"}[choice["mode"]]()
     lines = [f"# glmha distill ({summary['task']})", "",
-             f"{summary['iterations']} iterations; student ranks: "
-             + (f"rank ratio {summary['rank_ratio']}" if summary.get("rank_ratio") is not None else f"per layer, keeping {summary['share']:.0%} of each spectrum"),
-             ""]
+             f"{summary['iterations']} iterations, loss {summary['loss']}; student ranks: {how}", ""]
+    if choice.get("ranks"):
+        lines += ["| layer | rank |", "| --- | ---: |"] + [f"| {name} | {rank} |" for name, rank in choice["ranks"].items()] + [""]
     if "metrics" in summary:
         params, macs = summary["params"], summary["macs"]
         lines += [

@@ -174,13 +174,23 @@ def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.d
     """Train (or resume) one variant of one task for one seed, score it, and keep the scores in ``folder``."""
     from .engine.trainer import train
 
+    from .engine.trainer import config_differences
+
     scores_path = folder / "scores.json"
-    if scores_path.is_file():
-        return RunScores(**json.loads(scores_path.read_text()))
     config = json.loads(json.dumps(task.config))
     config["seed"] = seed
     config["model"]["attention"] = variant.attention
     config["train"]["progress"] = progress
+    if scores_path.is_file():
+        # a finished run is reused only for the settings it was trained with (another budget or
+        # --iterations in the same folder would otherwise mix runs silently)
+        saved = json.loads((folder / "study_config.json").read_text())
+        changed = config_differences(saved, config) + [k for k in ("train.total_iters",)
+                                                        if saved["train"]["total_iters"] != config["train"]["total_iters"]]
+        if changed:
+            raise ValueError(f"{folder} was trained with other settings ({', '.join(changed)}); "
+                             "use another --output for another budget or number of iterations")
+        return RunScores(**json.loads(scores_path.read_text()))
     ranks = None
     if variant.ranks_share is not None:
         if reference is None or not (reference / "model.safetensors").is_file():
@@ -300,11 +310,14 @@ def run_study(
     progress: bool = True,
     log: Callable[[str], None] = print,
     test_images: int | None = 16,
+    iterations: int | None = None,
 ) -> StudyResult:
     """Train every variant of every task for every seed (resuming what is done) and write the report.
 
     ``test_images`` replaces the budget's number of held-out images (None keeps it): the demo
     shows a few, a study needs enough of them that the test set does not decide the ranking.
+    ``iterations`` replaces the budget's training iterations (the learning-rate schedule is
+    stretched to run to its end), to train closer to convergence than the demo does.
     """
     from .demo import BUDGETS
 
@@ -327,6 +340,10 @@ def run_study(
         if test_images < 1:
             raise ValueError(f"test_images must be at least 1, got {test_images}")
         settings = dataclasses.replace(settings, test_images=test_images)
+    if iterations is not None:
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        settings = dataclasses.replace(settings, iterations=iterations)
     # the reference first: per-layer rank variants read its trained model
     ordered = sorted(parsed, key=lambda v: (v.spec != reference, v.ranks_share is not None))
     runs: list[RunScores] = []
@@ -352,7 +369,7 @@ def run_study(
              f"seeds {seed_list}, device `{device}` ({torch.get_num_threads()} threads); "
              f"differences are paired by seed against `{reference}`, with the half-width of the 95 % t interval.")
     md_path = atomic_write(output_dir / "study.md", lambda tmp: Path(tmp).write_text(f"# glmha study\n\n{intro}\n\n{markdown}\n"))
-    payload = {"budget": budget, "test_images": settings.test_images, "threads": torch.get_num_threads(), "seeds": seed_list, "reference": reference, "device": str(device), "tasks": list(tasks),
+    payload = {"budget": budget, "iterations": settings.iterations, "test_images": settings.test_images, "threads": torch.get_num_threads(), "seeds": seed_list, "reference": reference, "device": str(device), "tasks": list(tasks),
                "variants": [v.spec for v in parsed], "rows": rows, "runs": [asdict(r) for r in runs]}
     json_path = atomic_write(output_dir / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
     figure = plot_quality_vs_macs(rows, output_dir / "quality_vs_macs.png", primary)

@@ -109,7 +109,7 @@ def swap_layer_attentions(model: nn.Module, layers: dict[str, dict], init: str =
 
 
 @torch.no_grad()
-def svd_init_(new: nn.Module, old: nn.Module) -> None:
+def svd_init_(new: nn.Module, old: nn.Module, tokens: torch.Tensor | None = None) -> None:
     """Initialise the GLMHA module ``new`` from the CSA module ``old`` in place.
 
     Per head, the CSA keys and values are c tokens (rows of ``[W_k W_v]``, key i goes with
@@ -123,6 +123,9 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
     S-MSA only in its attention part, as GLMHA's positional branch reads the query
     projection (CSA's reads the values) and MST's mask weights the input of the value
     projection rather than its output.
+
+    ``tokens`` (sorted indices, ``rank / heads`` in each head) replaces the SVD choice, e.g. the
+    tokens :func:`glmha.analysis.allocation.token_orders` ranks from the model's inputs.
     """
     if type(old) is MDTA and isinstance(new, GLMHA):  # exact types: the S-MSA baselines derive from SpectralMSA
         dim = old.dim
@@ -130,7 +133,7 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
         d_q, d_k, d_v = old.qkv_dwconv.weight.split(dim)
         new.q.weight.copy_(w_q)
         new.q_dwconv.weight.copy_(d_q)
-        kept = select_tokens(w_k.flatten(1), w_v.flatten(1), old.num_heads, new.rank)
+        kept = _kept(tokens, w_k.flatten(1), w_v.flatten(1), old.num_heads, new.rank)
         new.kv.weight.copy_(torch.cat([w_k[kept], w_v[kept]]))
         new.kv_dwconv.weight.copy_(torch.cat([d_k[kept], d_v[kept]]))
         if old.bias:
@@ -148,7 +151,7 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
         # The official S-MSA computes softmax(K Q^T) V: its to_k plays the query (row) role
         # and its to_q the key role.
         new.to_q.load_state_dict(old.to_k.state_dict())
-        kept = select_tokens(old.to_q.weight, old.to_v.weight, old.num_heads, new.rank)
+        kept = _kept(tokens, old.to_q.weight, old.to_v.weight, old.num_heads, new.rank)
         new.to_k.weight.copy_(old.to_q.weight[kept])
         new.to_v.weight.copy_(old.to_v.weight[kept])
         if old.to_q.bias is not None and new.to_k.bias is not None:
@@ -167,6 +170,17 @@ def svd_init_(new: nn.Module, old: nn.Module) -> None:
         new.calibration.fc2.weight.zero_()  # g = sigmoid(0) = 1/2 for every channel
         for weight in gated_weights:  # the gate scales the weights only, not the biases
             weight.mul_(2)
+
+
+def _kept(tokens: torch.Tensor | None, w_k: torch.Tensor, w_v: torch.Tensor, num_heads: int, rank: int) -> torch.Tensor:
+    if tokens is None:
+        return select_tokens(w_k, w_v, num_heads, rank)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    per_head = w_k.shape[0] // num_heads
+    counts = torch.bincount(tokens // per_head, minlength=num_heads) if tokens.numel() else torch.zeros(num_heads)
+    if tokens.numel() != rank or tokens.unique().numel() != rank or not bool((counts == rank // num_heads).all()):
+        raise ValueError(f"tokens must be {rank} distinct indices, {rank // num_heads} in each of the {num_heads} heads")
+    return tokens.sort().values
 
 
 def select_tokens(w_k: torch.Tensor, w_v: torch.Tensor, num_heads: int, rank: int) -> torch.Tensor:

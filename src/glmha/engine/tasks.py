@@ -59,6 +59,12 @@ def mrae_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target).abs() / target).mean()
 
 
+def relative_l1_loss(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
+    """``|pred - target| / max(|target|, floor)``: MRAE's weighting for a target that may be near
+    zero or negative (a teacher's output, in distillation); ``floor`` keeps those pixels finite."""
+    return ((pred - target).abs() / target.detach().abs().clamp_min(floor)).mean()
+
+
 def rmse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Root of the mean squared error (MST's loss)."""
     return F.mse_loss(pred, target).sqrt()
@@ -73,6 +79,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": F.mse_loss,
     "rmse": rmse_loss,
     "mrae": mrae_loss,
+    "relative_l1": relative_l1_loss,
     "charbonnier": charbonnier_loss,
 }
 
