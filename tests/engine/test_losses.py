@@ -6,9 +6,9 @@ from glmha.engine.tasks import LOSSES
 
 def test_relative_l1_divides_by_the_target_with_a_floor():
     pred = torch.tensor([0.30, 0.10, -0.02, 0.50])
-    target = torch.tensor([0.20, 0.001, -0.04, 0.50])
-    # |0.1| / 0.2, |0.099| / 0.01 (floor), |0.02| / 0.04 (magnitude of a negative target), 0
-    expected = (0.5 + 9.9 + 0.5 + 0.0) / 4
+    target = torch.tensor([0.20, 0.0001, -0.04, 0.50])
+    # |0.1| / 0.2, |0.0999| / 0.001 (floor), |0.02| / 0.04 (magnitude of a negative target), 0
+    expected = (0.5 + 99.9 + 0.5 + 0.0) / 4
     assert float(LOSSES["relative_l1"](pred, target)) == pytest.approx(expected, rel=1e-6)
 
 

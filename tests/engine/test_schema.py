@@ -17,7 +17,7 @@ DERAIN = CONFIGS / "restormer" / "deraining_csa.yaml"
     ("train.batch_size='8'", "train.batch_size = '8': must be an integer"),
     ("train.grad_clip=0", "train.grad_clip = 0: must be a number > 0"),
     ("train.precision=fp8", "train.precision = 'fp8': must be one of 'fp32', 'bf16' or 'fp16'"),
-    ("train.loss=l3", "train.loss = 'l3': must be one of ['charbonnier', 'l1', 'mrae', 'mse', 'rmse']"),
+    ("train.loss=l3", "train.loss = 'l3': must be one of ['charbonnier', 'l1', 'mrae', 'mse', 'relative_l1', 'rmse']"),
     ("train.progress=1", "train.progress = 1: must be true or false"),
     ("train.learning_rate=1", "train.learning_rate: unknown key; accepted: total_iters, batch_size"),
     ("train.stages=[{iters: 2, size: 8}]", "train.stages[0].size: unknown key; accepted: iters, patch_size, batch_size"),

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..attention.convert import _attention_family, svd_init_
 from ..attention.csa import MDTA, SpectralMSA
+from ..engine.tasks import RELATIVE_FLOOR
 from .profile import profile
 
 CANDIDATE_RATIOS = tuple(k / 16 for k in range(1, 17))
@@ -49,8 +50,8 @@ def squared_error(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     return (output - reference).square().mean()
 
 
-def relative_squared_error(output: torch.Tensor, reference: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
-    """Squared error relative to the reference (floored, as the ``relative_l1`` loss): MRAE's weighting."""
+def relative_squared_error(output: torch.Tensor, reference: torch.Tensor, floor: float = RELATIVE_FLOOR) -> torch.Tensor:
+    """Squared error relative to the reference (floored as the ``relative_l1`` loss): MRAE's weighting."""
     return ((output - reference) / reference.abs().clamp_min(floor)).square().mean()
 
 

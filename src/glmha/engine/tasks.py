@@ -59,7 +59,10 @@ def mrae_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target).abs() / target).mean()
 
 
-def relative_l1_loss(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
+RELATIVE_FLOOR = 1e-3  # a quarter of an 8-bit grey level: keeps relative errors finite where a target is ~0
+
+
+def relative_l1_loss(pred: torch.Tensor, target: torch.Tensor, floor: float = RELATIVE_FLOOR) -> torch.Tensor:
     """``|pred - target| / max(|target|, floor)``: MRAE's weighting for a target that may be near
     zero or negative (a teacher's output, in distillation); ``floor`` keeps those pixels finite."""
     return ((pred - target).abs() / target.detach().abs().clamp_min(floor)).mean()
