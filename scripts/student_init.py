@@ -53,8 +53,8 @@ def main() -> None:
 
     analysis = [b["input"] for b in _batches({**task.config["data"]["train"], "augment": False}, ANALYSIS_INPUTS)]
     print("| layer | dim / heads | SVD tokens (dB) | tokens chosen on data (dB) |\n| --- | --- | ---: | ---: |")
-    names = [n for n, m in teacher.named_modules() if type(m).__name__ in ("MDTA", "SpectralMSA")]
-    captured = allocation._capture(teacher, [(x,) for x in analysis], names)
+    names = allocation.csa_layers(teacher)
+    captured = allocation.capture_layer_inputs(teacher, [(x,) for x in analysis], names)
     for name in names:
         layer = teacher.get_submodule(name)
         rank = resolve_rank(layer.dim, layer.num_heads, rank_ratio=0.5)

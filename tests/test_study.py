@@ -113,6 +113,9 @@ def test_study_iterations_replace_the_budgets_and_a_folder_keeps_its_settings(ti
     # the finished runs of another number of iterations are not mixed in silently
     with pytest.raises(ValueError, match=r"trained with other settings \(.*train.total_iters.*\).*another --output"):
         run_study(out, ["deraining"], ["csa", "glmha"], 2, "tiny", progress=False, log=lambda _: None, test_images=2, iterations=3)
+    # nor the scores of another held-out set
+    with pytest.raises(ValueError, match=r"trained with other settings \(data\.test\..*\).*another --output"):
+        run_study(out, ["deraining"], ["csa", "glmha"], 2, "tiny", progress=False, log=lambda _: None, test_images=3)
     result = run_study(tmp_path, ["deraining"], ["csa"], 1, "tiny", progress=False, log=lambda _: None, test_images=1, iterations=2)
     payload = json.loads(result.json.read_text())
     assert payload["iterations"] == 2 and "(2 iterations per model" in result.markdown.read_text()

@@ -105,9 +105,9 @@ def build_student(teacher: nn.Module, analysis_inputs: list[torch.Tensor], rank_
 
     if sum(v is not None for v in (rank_ratio, share, macs_saving)) > 1:
         raise ValueError("give one of rank_ratio, share and macs_saving")
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
     if rank_ratio is not None:
-        return swap_attention(student, "glmha", init="svd", rank_ratio=rank_ratio), {"mode": "rank_ratio", "rank_ratio": rank_ratio}
+        student = swap_attention(copy.deepcopy(teacher), "glmha", init="svd", rank_ratio=rank_ratio)
+        return student.train().requires_grad_(True), {"mode": "rank_ratio", "rank_ratio": rank_ratio}
     if not analysis_inputs:
         raise ValueError("per-layer ranks need some inputs to measure the teacher on")
     if share is not None:
@@ -116,7 +116,8 @@ def build_student(teacher: nn.Module, analysis_inputs: list[torch.Tensor], rank_
         with torch.no_grad():
             spectra = attention_spectra(teacher.eval(), [(x,) for x in analysis_inputs])
         ranks = suggest_ranks(spectra, share)
-        return apply_ranks(student, ranks, "glmha", init="svd"), {"mode": "share", "share": share, "ranks": ranks}
+        student = apply_ranks(copy.deepcopy(teacher), ranks, "glmha", init="svd")
+        return student.train().requires_grad_(True), {"mode": "share", "share": share, "ranks": ranks}
     if macs_saving is None:
         macs_saving = uniform_saving(teacher.eval(), analysis_inputs[0])
     distance = allocation.relative_squared_error if relative else allocation.squared_error

@@ -172,9 +172,7 @@ def _suggested_ranks(task, reference_run: Path, device: torch.device, share: flo
 def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.device, reference: Path | None = None,
                 progress: bool = True) -> RunScores:
     """Train (or resume) one variant of one task for one seed, score it, and keep the scores in ``folder``."""
-    from .engine.trainer import train
-
-    from .engine.trainer import config_differences
+    from .engine.trainer import config_differences, train
 
     scores_path = folder / "scores.json"
     config = json.loads(json.dumps(task.config))
@@ -182,14 +180,13 @@ def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.d
     config["model"]["attention"] = variant.attention
     config["train"]["progress"] = progress
     if scores_path.is_file():
-        # a finished run is reused only for the settings it was trained with (another budget or
-        # --iterations in the same folder would otherwise mix runs silently)
+        # a finished run is reused only for the settings it was trained and scored with (another
+        # budget, --iterations or --test-images in the same folder would otherwise mix runs silently)
         saved = json.loads((folder / "study_config.json").read_text())
-        changed = config_differences(saved, config) + [k for k in ("train.total_iters",)
-                                                        if saved["train"]["total_iters"] != config["train"]["total_iters"]]
+        changed = config_differences(saved, config, free=("train.progress",))
         if changed:
             raise ValueError(f"{folder} was trained with other settings ({', '.join(changed)}); "
-                             "use another --output for another budget or number of iterations")
+                             "use another --output for another budget, number of iterations or of test images")
         return RunScores(**json.loads(scores_path.read_text()))
     ranks = None
     if variant.ranks_share is not None:

@@ -55,7 +55,12 @@ def relative_squared_error(output: torch.Tensor, reference: torch.Tensor, floor:
     return ((output - reference) / reference.abs().clamp_min(floor)).square().mean()
 
 
-def _capture(model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]], names: Sequence[str]) -> dict[str, list[tuple]]:
+def csa_layers(model: nn.Module) -> list[str]:
+    """Names of the CSA layers (MDTA, S-MSA) of ``model``, the ones this module converts."""
+    return [n for n, m in model.named_modules() if type(m) in (MDTA, SpectralMSA)]
+
+
+def capture_layer_inputs(model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]], names: Sequence[str]) -> dict[str, list[tuple]]:
     """The positional arguments every named attention layer receives while ``model`` runs ``inputs``."""
     captured: dict[str, list[tuple]] = {n: [] for n in names}
     hooks = [model.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: captured[n].append(args)) for n in names]
@@ -142,10 +147,6 @@ def kept_tokens(orders: list[list[int]], rank: int) -> torch.Tensor:
     return torch.tensor(sorted(head * tokens + t for head, order in enumerate(orders) for t in order[:per_head]))
 
 
-def _candidate_ranks(dim: int, heads: int, ratios: Sequence[float]) -> list[int]:
-    return sorted({min(max(round(r * dim / heads), 1), dim // heads) * heads for r in ratios})
-
-
 @torch.no_grad()
 def allocate_ranks(
     model: nn.Module,
@@ -162,8 +163,9 @@ def allocate_ranks(
     measures the output change (default: mean squared error; :func:`relative_squared_error`
     suits MRAE-judged models).
     """
-    from ..attention.registry import build_attention
     from ..attention.convert import _block_arguments
+    from ..attention.glmha import resolve_rank
+    from ..attention.registry import build_attention
 
     if not 0 < macs_saving < 1:
         raise ValueError(f"macs_saving must be in (0, 1), got {macs_saving}")
@@ -172,23 +174,23 @@ def allocate_ranks(
     if not batches:
         raise ValueError("rank allocation needs at least one input")
     model = model.eval()
-    names = [n for n, m in model.named_modules() if _attention_family(m) is not None and type(m) in (MDTA, SpectralMSA)]
+    names = csa_layers(model)
     if not names:
         raise ValueError(f"{type(model).__name__} has no CSA layer to convert")
     base_macs = profile(model, *batches[0]).macs
-    captured = _capture(model, batches, names)
+    captured = capture_layer_inputs(model, batches, names)
     # first what each candidate saves (cheap), so an impossible request fails before the forwards
-    candidates: dict[str, list[tuple[int, int, nn.Module, torch.Tensor]]] = {}
+    candidates: dict[str, list[tuple[int, int, nn.Module]]] = {}
     for name in names:
         layer = model.get_submodule(name)
         family = _attention_family(layer)
         layer_macs = profile(layer, *captured[name][0]).macs
         candidates[name] = []
-        for rank in _candidate_ranks(layer.dim, layer.num_heads, ratios):
+        for rank in sorted({resolve_rank(layer.dim, layer.num_heads, rank_ratio=r) for r in ratios}):
             new = build_attention("glmha", family, **_block_arguments(layer, family), rank=rank).to(next(layer.parameters()))
-            candidates[name].append((rank, layer_macs - profile(new, *captured[name][0]).macs, new.eval(), None))
+            candidates[name].append((rank, layer_macs - profile(new, *captured[name][0]).macs, new.eval()))
     target = macs_saving * base_macs
-    most = sum(max(c[1] for c in options) for options in candidates.values())
+    most = sum(max(saved for _, saved, _ in options) for options in candidates.values())
     if most < target:
         raise ValueError(f"the lowest ranks save {most / base_macs:.1%} of the MACs, less than the {macs_saving:.1%} asked for")
     references = [model(*args).double() for args in batches]
@@ -199,7 +201,7 @@ def allocate_ranks(
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent)
         options[name] = []
-        for rank, saved, new, _ in candidates[name]:
+        for rank, saved, new in candidates[name]:
             tokens = kept_tokens(orders, rank)
             svd_init_(new, layer, tokens=tokens)
             setattr(holder, child, new)
@@ -237,7 +239,8 @@ def convert(model: nn.Module, allocation: Allocation, **attention_kwargs) -> nn.
     """A GLMHA copy of the CSA ``model`` with ``allocation``'s per-layer ranks, warm-started on its tokens."""
     from .eigen import apply_ranks
 
-    student = apply_ranks(copy.deepcopy(model), allocation.ranks, "glmha", init="svd", **attention_kwargs)
+    # built without a warm start: every layer is initialised on its own tokens just below
+    student = apply_ranks(copy.deepcopy(model), allocation.ranks, "glmha", init="random", **attention_kwargs)
     for name, tokens in allocation.tokens.items():
         svd_init_(student.get_submodule(name), model.get_submodule(name), tokens=tokens)
     return student

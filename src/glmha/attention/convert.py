@@ -177,7 +177,7 @@ def _kept(tokens: torch.Tensor | None, w_k: torch.Tensor, w_v: torch.Tensor, num
         return select_tokens(w_k, w_v, num_heads, rank)
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     per_head = w_k.shape[0] // num_heads
-    counts = torch.bincount(tokens // per_head, minlength=num_heads) if tokens.numel() else torch.zeros(num_heads)
+    counts = torch.bincount(tokens // per_head, minlength=num_heads)
     if tokens.numel() != rank or tokens.unique().numel() != rank or not bool((counts == rank // num_heads).all()):
         raise ValueError(f"tokens must be {rank} distinct indices, {rank // num_heads} in each of the {num_heads} heads")
     return tokens.sort().values

@@ -316,11 +316,11 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(saved: Mapping, current: Mapping) -> list[str]:
-    """Dotted keys whose values differ between a run's saved config and ``current``, except :data:`RESUME_FREE_KEYS`."""
+def config_differences(saved: Mapping, current: Mapping, free: Sequence[str] = RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between a run's saved config and ``current``, except those under ``free``."""
     a, b = (_flatten(json.loads(json.dumps(c, default=str))) for c in (saved, current))
     return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
-                  and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS))
+                  and not any(k == f or k.startswith(f + ".") for f in free))
 
 
 @contextlib.contextmanager
