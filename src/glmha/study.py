@@ -106,7 +106,8 @@ def study_tasks(budget, seed: int, names: Sequence[str]) -> list:
 
 def build_variant_model(config: dict, variant: Variant, seed: int, ranks: dict[str, int] | None = None) -> nn.Module:
     """The model of ``variant``: the CSA model initialised with ``seed``, its attention layers replaced
-    (freshly initialised from ``seed``), so that every variant of a seed shares the other layers' weights."""
+    (freshly initialised from ``seed``, as the model initialises its layers), so that every variant of
+    a seed shares the other layers' weights."""
     from . import create_model, swap_attention
     from .analysis.eigen import apply_ranks
 

@@ -46,6 +46,39 @@ def test_swap_to_a_baseline_and_for_mst_keeps_the_mask_guidance():
             torch.testing.assert_close(module.mm.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, kwargs", [("mst_plus_plus", {"stage": 1}), ("mst_s", {"num_blocks": [1, 1, 1]})])
+def test_swapped_attentions_start_as_the_model_initialises_its_layers(name, kwargs):
+    # MST and MST++ initialise every linear layer with a truncated normal of std 0.02 and zero
+    # bias (the official _init_weights); attentions swapped in must start the same way, or a
+    # swapped model trains differently from one built with that attention
+    from glmha.analysis.eigen import apply_ranks
+
+    def linears(model):
+        return [m for a in _attention_modules(model, SpectralGLMHA) for m in a.modules() if isinstance(m, torch.nn.Linear)]
+
+    torch.manual_seed(0)
+    swapped = glmha.swap_attention(glmha.create_model(name, **kwargs), "glmha")
+    direct = glmha.create_model(name, attention="glmha", **kwargs)
+    layer = next(n for n, m in swapped.named_modules() if isinstance(m, SpectralGLMHA))
+    per_layer = apply_ranks(glmha.create_model(name, **kwargs), {layer: 4}, init="random")
+    for model in (swapped, direct, per_layer):
+        layers = linears(model)
+        assert layers and all(0.015 < float(m.weight.std()) < 0.025 for m in layers)
+        assert all(m.bias is None or not m.bias.any() for m in layers)
+    # the warm start sets the projections; what it leaves (the calibration's first layer) starts as the model's own
+    converted = glmha.swap_attention(glmha.create_model(name, **kwargs), "glmha", init="svd")
+    assert all(0.015 < float(a.calibration.fc1.weight.std()) < 0.025 for a in _attention_modules(converted, SpectralGLMHA))
+
+
+def test_swapped_restormer_attentions_keep_pytorchs_initialisation():
+    # the official Restormer leaves PyTorch's defaults (uniform within 1/sqrt(fan_in)) in place
+    model = glmha.swap_attention(glmha.create_model("restormer", **TINY_RESTORMER), "glmha")
+    for attention in _attention_modules(model, GLMHA):
+        weight = attention.kv.weight
+        bound = 1 / weight[0].numel() ** 0.5
+        assert float(weight.abs().max()) <= bound and float(weight.std()) > bound / 3
+
+
 def test_swap_errors_are_clear():
     model = glmha.create_model("restormer", **TINY_RESTORMER)
     with pytest.raises(ValueError, match="unknown attention 'flash'"):

@@ -8,6 +8,7 @@ computes what the CSA one does. Details of the warm start: docs/attention.md.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import torch
 from torch import nn
@@ -41,12 +42,31 @@ def _block_arguments(module: nn.Module, family: str) -> dict:
     }
 
 
-def swap_attention(model: nn.Module, attention: str, init: str = "random", **attention_kwargs) -> nn.Module:
+def layer_initialiser(model: nn.Module, name: str) -> Callable[[nn.Module], None] | None:
+    """How ``model`` initialises the layer ``name``: the ``layer_init`` of the nearest module holding it
+    that declares one (MST and MST++: truncated-normal linears), or None (PyTorch's defaults, as Restormer)."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, -1, -1):
+        initialise = getattr(model.get_submodule(".".join(parts[:end])), "layer_init", None)
+        if initialise is not None:
+            return initialise
+    return None
+
+
+def swap_attention(
+    model: nn.Module,
+    attention: str,
+    init: str = "random",
+    layer_init: Callable[[nn.Module], None] | None = None,
+    **attention_kwargs,
+) -> nn.Module:
     """Replace every attention module of ``model`` (built by this package) with ``attention``.
 
     Works in place and returns ``model``; all other modules and weights are kept. MST's
     mask-guided mechanism belongs to the block rather than to the attention and is carried
-    over. ``init="random"`` gives the new attentions their own initialisation;
+    over. The new attentions are initialised as the model initialises its own layers
+    (:func:`layer_initialiser`; ``layer_init`` overrides it), so with ``init="random"`` a
+    swapped model starts like one built with that attention;
     ``init="svd"`` (CSA -> GLMHA only) starts them from the CSA weights: queries, output
     projection, temperatures and positional branch copied, keys and values the CSA tokens
     that a truncated SVD of the CSA key/value projections selects (see :func:`svd_init_`).
@@ -68,6 +88,9 @@ def swap_attention(model: nn.Module, attention: str, init: str = "random", **att
         new = build_attention(attention, family, **_block_arguments(old, family), **attention_kwargs)
         reference = next(old.parameters())
         new = new.to(device=reference.device, dtype=reference.dtype)
+        initialise = layer_init or layer_initialiser(model, name)
+        if initialise is not None:  # also under the warm start, for what it does not set (the calibration's first layer)
+            new.apply(initialise)
         if init == "svd":
             svd_init_(new, old)
         if hasattr(old, "mm") and hasattr(new, "mm"):
@@ -99,7 +122,8 @@ def swap_layer_attentions(model: nn.Module, layers: dict[str, dict], init: str =
         parent_name = name.rpartition(".")[0]
         if sum(1 for other in found if other.startswith(parent_name + ".") or not parent_name) != 1:
             raise ValueError(f"cannot swap {name!r} alone: its parent module holds several attention layers")
-        swap_attention(model.get_submodule(parent_name), choice["attention"], init=init, **choice.get("attention_kwargs", {}))
+        swap_attention(model.get_submodule(parent_name), choice["attention"], init=init,
+                       layer_init=layer_initialiser(model, name), **choice.get("attention_kwargs", {}))
         if isinstance(getattr(model, "attention", None), str):
             model.attention = choice["attention"]
     spec = getattr(model, "spec", None)

@@ -118,6 +118,9 @@ class MST(nn.Module):
     real-data MST (:mod:`glmha.models.mst_real`) has it without the mask.
     """
 
+    # how this network initialises its layers; swap_attention gives new attentions the same
+    layer_init = staticmethod(init_weights)
+
     def __init__(
         self,
         dim: int = 28,
