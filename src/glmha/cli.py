@@ -15,7 +15,7 @@ from . import create_model, list_models, profile
 from ._version import __version__
 from .attention import list_attentions
 from .analysis.eigen import SPECTRA, analyse_attention, format_rank_suggestion
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
 from .images import builtin_photographs, find_images, read_image, restore_files
 from .models.mst_real import RealMST
 from .reconstruction import (
