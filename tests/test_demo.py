@@ -103,7 +103,11 @@ def test_results_record_versions_device_and_command(demo_report):
     import glmha
 
     record = json.loads((demo_report / "results.json").read_text())
-    assert record["versions"] == {"glmha": glmha.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    from importlib.metadata import version
+
+    assert record["versions"] == {"glmha": glmha.__version__, "torch": torch.__version__, "python": platform.python_version(),
+                                  "numpy": version("numpy"), "scipy": version("scipy"), "scikit-image": version("scikit-image"),
+                                  "colour-science": version("colour-science")}
     assert record["device"] == "cpu" and record["device_name"] and record["threads"] >= 1
     assert record["command"].startswith(f"glmha demo --output {demo_report} --budget tiny --seed 0 --device cpu --threads ")
     for r in record["results"]:

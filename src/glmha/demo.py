@@ -425,7 +425,7 @@ def _run_demo(
         "threads": torch.get_num_threads(),
         "latency_repeats": settings.latency_repeats,
         "command": command,
-        "versions": {"glmha": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": package_versions(),
         "seconds": round(seconds, 1),
         "tasks": {t.name: {"title": t.title, "higher_is_better": t.metrics} for t in all_tasks},
         "results": results_json,
@@ -442,6 +442,18 @@ def _run_demo(
     )
     report_md, report_html = report.write_report(output_dir, "glmha demo: CSA vs GLMHA", intro, table, sections)
     return DemoResult(output_dir, budget, results, report_md, report_html, figures, table, seconds)
+
+
+# the packages the built-in data are made with: their releases can move the last digits of the results
+DATA_PACKAGES = ("numpy", "scipy", "scikit-image", "colour-science")
+
+
+def package_versions() -> dict[str, str]:
+    """glmha, PyTorch, Python and the data packages' versions, as a run records them."""
+    from importlib.metadata import version
+
+    return {"glmha": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            **{name: version(name) for name in DATA_PACKAGES}}
 
 
 def _command_line(output_dir: Path, budget: str, device: torch.device, seed: int, tasks: list[str] | None) -> str:
