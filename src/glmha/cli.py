@@ -504,7 +504,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     from .demo import BUDGETS
 
     parser.add_argument("--output", default="glmha-demo", help="report folder (default: glmha-demo)")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: 11 to 16 minutes on one CPU thread; tiny: for tests)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: 6 to 16 minutes on one CPU thread; tiny: for tests)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both models (default: 0)")
     parser.add_argument("--tasks", nargs="+", default=None, help="run only these built-in tasks (default: all)")

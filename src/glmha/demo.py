@@ -12,7 +12,7 @@ attention eigen-analysis on the trained CSA model, and writes a report folder::
     figures/*.png              restored images side by side, spectral bands and curves, spectra
     runs/<task>/<attention>/   the engine's training runs (weights, config)
 
-Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` takes 11 to
+Budgets (``--budget``) scale iterations, model width and image sizes. ``default`` takes 6 to
 16 minutes on one CPU thread, ``tiny`` is for the test suite (seconds).
 """
 from __future__ import annotations
