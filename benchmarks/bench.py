@@ -9,19 +9,12 @@ Three sections, all measured in one run so that the ratios compare like with lik
   path next to the fast path (:func:`glmha.optimize`);
 - ``tiling``: a tiled restoration of a 4K image and its peak memory against the stated bound.
 
-Timing: after warm-up calls, the variants of one configuration are called in turn
-(A, B, A, B, ...) and the median per variant is reported, so a load that comes and goes
-hits all variants alike. ``--clock process`` times CPU seconds of this process instead of
-wall seconds (steadier on a shared machine with ``--threads 1``).
-
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the call minus what was
-allocated before it. On the CPU PyTorch keeps no allocator statistics, so the peak resident
-set size is used: the kernel's high-water mark is reset (``/proc/self/clear_refs``), the call
-runs, and the peak is ``VmHWM`` minus the ``VmRSS`` before the call. The script re-executes
-itself with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns every large freed block to
-the system at once; otherwise freed memory stays resident and later peaks are under-counted.
-Either way the number is the extra memory one call needs (activations, workspaces, output,
-gradients), beyond the weights and inputs that exist before it.
+Timing and peak memory are measured as ``benchmarks/timing.py`` describes: the variants of one
+configuration are called in turn (A, B, A, B, ...) and the median per variant is reported;
+``--clock process`` times CPU seconds of this process instead of wall seconds (steadier on a
+shared machine with ``--threads 1``). Peak memory is the extra memory one call needs: CUDA's
+allocator statistics, or on the CPU the peak resident set size (the script re-executes itself
+with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks leave at once).
 
 Examples::
 
@@ -33,178 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 import glmha
 from glmha.attention import build_attention, list_attentions
+from bench_report import format_layer_row, format_model_row, format_tiling, markdown
+from timing import Clock, cpu_peak_supported, machine_description, peak_memory, reexec_with_mmap_threshold, time_interleaved
+from workloads import Settings, count_macs, forward_fn, layer_heads, parse_model_spec, parse_shape, train_step_fn
 
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 FULL_CHANNELS = [32, 48, 96, 192, 384]
 FULL_SIDES = [64, 128, 256, 512]
 QUICK_CHANNELS = [48, 96]
 QUICK_SIDES = [64, 128]
 FULL_MODELS = ["restormer@3x256x256", "restormer@3x512x512", "mst_plus_plus@3x482x512", "mst_l@28x256x256"]
 QUICK_MODELS = ["restormer@3x128x128", "mst_plus_plus@3x128x128"]
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Timing:
-    """Seconds per call of one variant, over the timed repeats."""
-
-    samples: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples) if self.samples else float("nan")
-
-
-class Clock:
-    def __init__(self, device: torch.device, kind: str):
-        self.device = device
-        self.kind = kind
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def now(self) -> float:
-        return time.process_time() if self.kind == "process" else time.perf_counter()
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], clock: Clock, warmup: int, repeats: int) -> dict[str, Timing]:
-    """Warm each variant up, then time them in turn; returns the samples per variant."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    clock.sync()
-    timings = {name: Timing() for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            clock.sync()
-            start = clock.now()
-            fn()
-            clock.sync()
-            timings[name].samples.append(clock.now() - start)
-    return timings
-
-
-def _proc_status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def cpu_peak_supported() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _proc_status_bytes("VmHWM:")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Extra bytes one call of ``fn`` needs at its peak (see the module docstring), or None."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-        del result
-        return peak
-    if not cpu_peak_supported():
-        return None
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current resident size
-    before = _proc_status_bytes("VmRSS:")
-    result = fn()
-    peak = _proc_status_bytes("VmHWM:") - before
-    del result
-    return peak
-
-
-# --------------------------------------------------------------------------- what is run
-
-
-@dataclass
-class Settings:
-    device: torch.device
-    autocast: torch.dtype | None
-    clock: Clock
-    warmup: int
-    repeats: int
-    compile: bool
-    compile_scope: str = "blocks"
-
-
-def autocast_context(settings: Settings):
-    if settings.autocast is None:
-        return torch.autocast(settings.device.type, enabled=False)
-    return torch.autocast(settings.device.type, dtype=settings.autocast)
-
-
-def forward_fn(model: torch.nn.Module, inputs: tuple, settings: Settings) -> Callable[[], object]:
-    """The plain eager forward: ``torch.no_grad`` (what a user writes), autocast if asked."""
-
-    def run():
-        with torch.no_grad(), autocast_context(settings):
-            return model(*inputs)
-
-    return run
-
-
-def train_step_fn(model: torch.nn.Module, inputs: tuple, settings: Settings) -> Callable[[], object]:
-    """One AdamW step on the mean of the output (forward, backward, update)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-
-    def run():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(settings):
-            loss = model(*inputs).float().mean()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return run
-
-
-def count_macs(build: Callable[[], torch.nn.Module], shape_inputs: Callable[[torch.nn.Module], tuple]) -> int:
-    """MACs of one forward, counted on the meta device (no memory, no compute)."""
-    with torch.device("meta"):
-        model = build()
-        inputs = shape_inputs(model)
-    return glmha.profile(model, *inputs).macs
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"expected a shape CxHxW such as 3x256x256, got {text!r}")
-    c, h, w = (int(p) for p in parts)
-    return c, h, w
-
-
-def layer_heads(channels: int) -> int:
-    # Restormer's levels: 48 channels / 1 head, 96 / 2, 192 / 4, 384 / 8.
-    return max(1, channels // 48)
 
 
 # --------------------------------------------------------------------------- sections
@@ -245,13 +84,6 @@ def bench_layers(args, settings: Settings, attentions: list[str]) -> list[dict]:
             rows.append(row)
             print(format_layer_row(row, attentions), flush=True)
     return rows
-
-
-def parse_model_spec(spec: str) -> tuple[str, tuple[int, int, int]]:
-    if "@" not in spec:
-        raise ValueError(f"expected NAME@CxHxW such as restormer@3x256x256, got {spec!r}")
-    name, shape = spec.split("@", 1)
-    return name, parse_shape(shape)
 
 
 def bench_models(args, settings: Settings, attentions: list[str]) -> list[dict]:
@@ -366,145 +198,6 @@ def _count_tiles(size: int, tile: int, stride: int) -> int:
     return 1 if size <= tile else len(range(0, size - tile, stride)) + 1
 
 
-# --------------------------------------------------------------------------- reporting
-
-
-def fmt_s(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "-"
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    mib = n / 2**20
-    return f"{mib:.1f} MiB" if abs(mib) < 10 else f"{mib:.0f} MiB"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or not b or a != a or b != b:
-        return "-"
-    return f"{a / b:.3f}"
-
-
-def format_layer_row(row: dict, attentions: list[str]) -> str:
-    parts = [f"layer C={row['C']} h={row['heads']} N={row['N']}:"]
-    for name in attentions:
-        r = row["results"][name]
-        parts.append(f"{name} fwd {fmt_s(r.get('forward_s'))} train {fmt_s(r.get('train_s'))} peak {fmt_bytes(r.get('forward_peak'))}")
-    if len(attentions) == 2:
-        a, b = (row["results"][n] for n in attentions)
-        parts.append(f"{attentions[1]}/{attentions[0]} fwd {ratio(b.get('forward_s'), a.get('forward_s'))} macs {ratio(b['macs'], a['macs'])}")
-    return "  ".join(parts)
-
-
-def format_model_row(row: dict, attentions: list[str]) -> str:
-    parts = [f"model {row['model']} {row['input']}:"]
-    for name in attentions:
-        r = row["results"][name]
-        parts.append(
-            f"{name} plain {fmt_s(r.get('forward_plain_s'))} fast {fmt_s(r.get('forward_fast_s'))}"
-            f" (fast/plain {ratio(r.get('forward_fast_s'), r.get('forward_plain_s'))})"
-        )
-    return "  ".join(parts)
-
-
-def format_tiling(result: dict) -> str:
-    return (
-        f"tiling {result['model']} {result['image']} tile {result['tile']} overlap {result['overlap']} ({result['tiles']} tiles): "
-        f"{fmt_s(result['seconds'])}, peak {fmt_bytes(result['image_peak'])} vs bound {fmt_bytes(result['bound'])} "
-        f"(one tile {fmt_bytes(result['tile_peak'])} + buffers {fmt_bytes(result['buffers'])})"
-    )
-
-
-def saving_check(csa: dict, glmha_: dict, time_key: str) -> tuple[float, float, bool] | None:
-    """(time saving, MAC saving, whether time saving >= 0.8 x MAC saving) for target (a)."""
-    if time_key not in csa or time_key not in glmha_:
-        return None
-    time_saving = 1 - glmha_[time_key] / csa[time_key]
-    mac_saving = 1 - glmha_["macs"] / csa["macs"]
-    return time_saving, mac_saving, time_saving >= 0.8 * mac_saving
-
-
-def markdown(report: dict) -> str:
-    attentions = report["attentions"]
-    lines = [f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", ""]
-    if report.get("layers"):
-        lines += ["### Attention layer", ""]
-        head = "| C | heads | N |"
-        for n in attentions:
-            head += f" {n} MACs | {n} fwd | {n} train | {n} fwd peak | {n} train peak |"
-        if len(attentions) == 2:
-            head += f" {attentions[1]}/{attentions[0]} MACs | fwd | train | fwd peak | train peak |"
-        lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for row in report["layers"]:
-            cells = [str(row["C"]), str(row["heads"]), row["N"]]
-            for n in attentions:
-                r = row["results"][n]
-                cells += [f"{r['macs'] / 1e9:.3f} G", fmt_s(r.get("forward_s")), fmt_s(r.get("train_s")),
-                          fmt_bytes(r.get("forward_peak")), fmt_bytes(r.get("train_peak"))]
-            if len(attentions) == 2:
-                a, b = (row["results"][n] for n in attentions)
-                cells += [ratio(b["macs"], a["macs"]), ratio(b.get("forward_s"), a.get("forward_s")),
-                          ratio(b.get("train_s"), a.get("train_s")), ratio(b.get("forward_peak"), a.get("forward_peak")),
-                          ratio(b.get("train_peak"), a.get("train_peak"))]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    if report.get("models"):
-        lines += ["### Models", ""]
-        head = ("| model | input | attention | params | GMACs | fwd plain | fwd fast | fast/plain | first fast call "
-                "| fast max abs diff | train step | fwd peak plain | fwd peak fast | train peak |")
-        lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for row in report["models"]:
-            for n in attentions:
-                r = row["results"][n]
-                diff = r.get("fast_max_abs_diff")
-                lines.append("| " + " | ".join([
-                    row["model"], row["input"], n, f"{r['params'] / 1e6:.2f} M", f"{r['macs'] / 1e9:.2f}",
-                    fmt_s(r.get("forward_plain_s")), fmt_s(r.get("forward_fast_s")),
-                    ratio(r.get("forward_fast_s"), r.get("forward_plain_s")), fmt_s(r.get("first_fast_call_s")),
-                    "-" if diff is None else f"{diff:.1e}", fmt_s(r.get("train_s")),
-                    fmt_bytes(r.get("forward_plain_peak")), fmt_bytes(r.get("forward_fast_peak")), fmt_bytes(r.get("train_peak")),
-                ]) + " |")
-        lines.append("")
-        if len(attentions) == 2:
-            lines += ["GLMHA against CSA (time saving, MAC saving; target: time saving >= 0.8 x MAC saving):", ""]
-            for row in report["models"]:
-                a, b = (row["results"][n] for n in attentions)
-                for key in ("forward_plain_s", "forward_fast_s", "train_s"):
-                    check = saving_check(a, b, key)
-                    if check:
-                        lines.append(f"- {row['model']} {row['input']} {key}: time saving {check[0]:.1%}, "
-                                     f"MAC saving {check[1]:.1%}, ratio {check[0] / check[1]:.2f} -> "
-                                     f"{'met' if check[2] else 'NOT met'}")
-            lines.append("")
-    if report.get("tiling"):
-        t = report["tiling"]
-        lines += ["### Tiled restoration", "",
-                  f"{t['model']} ({t['params'] / 1e6:.2f} M params, kwargs {json.dumps(t['model_kwargs'])}), image {t['image']}, "
-                  f"tile {t['tile']}, overlap {t['overlap']}, {t['tiles']} tiles: {fmt_s(t['seconds'])}; "
-                  f"peak {fmt_bytes(t['image_peak'])}, bound (one tile's peak {fmt_bytes(t['tile_peak'])} + "
-                  f"image-sized buffers {fmt_bytes(t['buffers'])}) {fmt_bytes(t['bound'])}: "
-                  f"{'within' if t['bound'] is not None and t['image_peak'] <= t['bound'] else 'NOT within'} the bound.", ""]
-    return "\n".join(lines)
-
-
-def machine_description(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        hw = torch.cuda.get_device_name(device)
-    else:
-        hw = platform.processor() or platform.machine()
-        try:
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-            model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), hw)
-            hw = model
-        except (OSError, subprocess.CalledProcessError):
-            pass
-    return (f"{hw}, {os.cpu_count()} CPUs visible, torch {torch.__version__} ({threads} threads), "
-            f"Python {platform.python_version()}")
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -544,10 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu" and MMAP_ENV not in os.environ and __name__ == "__main__":
-        # Re-run with large blocks mmapped so that CPU peak memory is measured honestly.
-        env = dict(os.environ, **{MMAP_ENV: "65536"})
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if device.type == "cpu" and __name__ == "__main__":
+        reexec_with_mmap_threshold()  # large blocks mmapped, so that CPU peak memory is measured honestly
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import glmha
-from glmha.export import FORMATS, export_model
+from glmha.inference.export import FORMATS, export_model
 
 MODELS = {
     "Restormer (dim 8, 1 block per level)": ("restormer", {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}, ((64, 64), (37, 91))),

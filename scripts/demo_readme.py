@@ -17,8 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from glmha.analysis.report import demo_table, replace_table
-from glmha.checkpoint import atomic_write
+from glmha.experiments.report import demo_table, replace_table
+from glmha.models.checkpoint import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glmha.checkpoint import load_model
-from glmha.demo import BUDGETS, _test_batches, _to
-from glmha.distill import distill
+from glmha.models.checkpoint import load_model
+from glmha.experiments.demo import BUDGETS, _test_batches, _to
+from glmha.experiments.distill import distill
 from glmha.engine.trainer import train
-from glmha.study import _score, parse_variant, run_variant, study_tasks, t_interval
+from glmha.experiments.study import _score, parse_variant, run_variant, study_tasks, t_interval
 
 MODELS = ("teacher", "distilled", "scratch", "svd_finetune")
 

@@ -22,10 +22,10 @@ from glmha.analysis import allocation, profile
 from glmha.analysis.eigen import apply_ranks
 from glmha.attention.convert import svd_init_
 from glmha.attention.glmha import resolve_rank
-from glmha.checkpoint import load_model
-from glmha.demo import BUDGETS, _test_batches
-from glmha.distill import ANALYSIS_INPUTS, _batches, build_student
-from glmha.study import study_tasks
+from glmha.models.checkpoint import load_model
+from glmha.experiments.demo import BUDGETS, _test_batches
+from glmha.experiments.distill import ANALYSIS_INPUTS, _batches, build_student
+from glmha.experiments.study import study_tasks
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Package housekeeping: version, licence, citation, type marker, and no import cycles."""
+"""Package housekeeping: version, licence, citation, type marker, and an import graph without cycles that follows the layers."""
 import ast
 import sys
 from pathlib import Path
@@ -157,3 +157,50 @@ def test_import_graph_reads_relative_and_function_level_imports(tmp_path):
 def test_package_has_no_import_cycle():
     cycles = find_cycles(import_graph(PACKAGE))
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+# The package's layers, lowest first: a module imports only from its own folder and from lower
+# layers. Folders on one line are one layer and do not import each other. The package root
+# (``glmha/__init__.py``) is the public facade above them all.
+LAYERS = [
+    ("glmha._version", "glmha.validation"),
+    ("glmha.io",),
+    ("glmha.attention", "glmha.metrics"),
+    ("glmha.data",),
+    ("glmha.models",),
+    ("glmha.inference",),
+    ("glmha.engine",),
+    ("glmha.analysis",),
+    ("glmha.experiments",),
+    ("glmha.cli",),
+]
+
+
+def _layer_of(module: str) -> tuple[int, str]:
+    part = ".".join(module.split(".")[:2])
+    for rank, members in enumerate(LAYERS):
+        if part in members:
+            return rank, part
+    raise AssertionError(f"{module} is in no layer of LAYERS; add its folder there")
+
+
+def test_layers_import_only_downwards():
+    graph = import_graph(PACKAGE)
+    upward = []
+    for source, targets in sorted(graph.items()):
+        if source == "glmha":
+            continue
+        rank, part = _layer_of(source)
+        for target in sorted(targets):
+            if target == "glmha":
+                upward.append(f"{source} -> glmha (import from the module that defines the name)")
+                continue
+            target_rank, target_part = _layer_of(target)
+            if target_rank > rank or (target_rank == rank and target_part != part):
+                upward.append(f"{source} -> {target}")
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_package_root_holds_only_the_facade_and_the_base_modules():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "_version.py", "validation.py"]

@@ -11,11 +11,11 @@ Public entry points::
 from ._version import __version__
 from .analysis import Profile, profile
 from .attention import list_attentions, swap_attention
-from .checkpoint import CheckpointError, load_checkpoint, load_model, read_state_dict, save_model, save_weights
-from .fast import FastModel, optimize
-from .inference import restore
+from .models.checkpoint import CheckpointError, load_checkpoint, load_model, read_state_dict, save_model, save_weights
+from .inference.fast import FastModel, optimize
+from .inference.restoration import restore
 from .models import create_model, list_models
-from .presets import list_presets
+from .models.presets import list_presets
 from .validation import InputError
 
 __all__ = [

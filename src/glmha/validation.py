@@ -1,6 +1,8 @@
 """Input checks that turn bad input into one clear message instead of a deep PyTorch error."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -58,3 +60,11 @@ def check_shifted_mask(mask: object, x: torch.Tensor, channels: int, extra_width
             f"mask must be the shifted 3-D mask of shape {b} (or 1) x {channels} x {expected[0]} x {expected[1]} "
             f"for an input of {h}x{w} ({extra_width} extra columns of dispersion), got {tuple(mask.shape)}"
         )
+
+
+def check_finite_output(output: torch.Tensor, path: str | os.PathLike) -> None:
+    """:class:`InputError` naming ``path`` when the model's ``output`` holds NaN or Inf (nothing is written then)."""
+    bad = int((~torch.isfinite(output)).sum())
+    if bad:
+        raise InputError(f"{path}: the model's output holds {bad} NaN or infinite value(s); nothing written "
+                         "(fp16 overflow? try --precision fp32 or bf16)")

@@ -3,7 +3,7 @@ import torch
 
 import glmha
 from glmha.analysis import attention_cost, attention_sweep, measure_attention
-from glmha.analysis.complexity import format_sweep, plot_sweep
+from glmha.analysis.complexity import format_size_table, format_size_tables, format_sweep, model_size_table, plot_sweep
 from glmha.cli import main
 
 MDTA_CASES = [(48, 1, 7, 9), (96, 2, 16, 16), (31, 1, 5, 6), (384, 8, 4, 4)]
@@ -69,6 +69,24 @@ def test_sweep_table_and_plot(tmp_path):
     assert "| glmha | 16 | 256 |" in text and "0.667" in text
     plot_sweep(rows, str(tmp_path / "sweep.png"))
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_size_table_from_python():
+    rows = model_size_table(["restormer", "mst_plus_plus"], ["csa", "glmha"], 128, 128)
+    assert [(r["model"], r["attention"]) for r in rows] == [
+        ("restormer", "csa"), ("restormer", "glmha"), ("mst_plus_plus", "csa"), ("mst_plus_plus", "glmha"),
+    ]
+    assert rows[1]["params"] == 24_697_588 and rows[0]["params"] - rows[1]["params"] == 1_429_056
+    assert "| restormer | glmha | 24.698 | 34.21 | 68.41 | -1,429,056 | -4.52 |" in format_size_table(rows, 128, 128)
+    with pytest.raises(ValueError, match="restormer at 100x100"):
+        model_size_table(["restormer"], ["csa"], 100, 100)
+
+
+def test_size_tables_at_the_papers_sizes():
+    tables = format_size_tables(["restormer", "mst_l"], ["csa"])
+    # one table per size: 256x256 with both models, then 128x128 (Restormer's second size)
+    assert tables.count("| model | attention |") == 2 and "GMACs at 256x256" in tables and "GMACs at 128x128" in tables
+    assert tables.split("GMACs at 128x128")[1].count("| mst_l |") == 0
 
 
 def test_cli_sweep_and_bad_attention(tmp_path, capsys):

@@ -17,6 +17,7 @@ from glmha.analysis.eigen import (
     suggest_ranks,
 )
 from glmha.cli import main
+from glmha.io.images import builtin_photographs
 
 TINY = {"dim": 8, "num_blocks": [1, 1, 1, 2], "num_refinement_blocks": 1}
 
@@ -85,7 +86,7 @@ def test_spectral_msa_maps_of_mst_plus_plus(attention, kv_tokens):
 
 def _train_a_few_steps(model, steps=8):
     # a small denoising task on built-in photographs, enough to move the attention off its initial state
-    clean = torch.cat(glmha.images.builtin_photographs(2, 32))
+    clean = torch.cat(builtin_photographs(2, 32))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     model.train()
     for _ in range(steps):
@@ -157,8 +158,8 @@ def test_rank_command_on_a_cassi_model_uses_built_in_scenes(tmp_path, capsys, na
 
 
 def test_real_cassi_models_are_analysed_on_simulated_measurements(capsys):
-    from glmha.engine.spectral import SyntheticRealCASSI
-    from glmha.reconstruction import builtin_real_cassi_inputs
+    from glmha.data.spectral_datasets import SyntheticRealCASSI
+    from glmha.inference.reconstruction import builtin_real_cassi_inputs
 
     # built-in scenes through a random 660 x 660 aperture, with the simulated shot noise
     (y,) = builtin_real_cassi_inputs(1, 32)[0]

@@ -145,7 +145,7 @@ def test_scene_files_read_windows_of_v5_and_v73(tmp_path):
     expected = counts.transpose(2, 0, 1)[:, 3:10, 5:17] / 65535.0
     for scenes in (old, new):
         window = scenes.window(0, 3, 5, 7, 12)
-        assert window.shape == (28, 7, 12) and window.dtype == np.float32
+        assert window.shape == (28, 7, 12) and window.dtype == np.float64  # as the official real-data code holds its scenes
         np.testing.assert_allclose(window, expected, rtol=1e-6)
     # values outside [0, 1] are clipped, as the official loaders do
     hsi = rng.uniform(-0.5, 1.5, (6, 7, 28))

@@ -70,3 +70,62 @@ def test_dataset_items():
     assert cassi[0].shape == (28, 16, 16)
     with pytest.raises(IndexError):
         data[2]
+
+
+# ----------------------------------------------------------------------------- the same data on every CPU
+def _fingerprint_script() -> str:
+    return (
+        "import hashlib\n"
+        "from glmha.data.synthetic_hsi import SyntheticHSI\n"
+        "h = hashlib.sha256()\n"
+        "for task in ('rgb2hsi', 'cassi'):\n"
+        "    data = SyntheticHSI(3, 40, task, seed=7)\n"
+        "    for i in range(len(data)):\n"
+        "        item = data[i] if task == 'rgb2hsi' else (data[i],)\n"
+        "        for t in item:\n"
+        "            h.update(t.numpy().tobytes())\n"
+        "print(h.hexdigest())\n"
+    )
+
+
+def test_scenes_do_not_depend_on_the_blas_kernel():
+    """OpenBLAS picks its kernels by CPU (AVX-512 ones fuse multiply-adds); the scenes must not change with them."""
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for coretype in (None, "Haswell", "Nehalem"):
+        env = dict(os.environ)
+        env.pop("OPENBLAS_CORETYPE", None)
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        runs[coretype] = subprocess.run([sys.executable, "-c", _fingerprint_script()], env=env, capture_output=True,
+                                        text=True, check=True).stdout.strip()
+    assert len(set(runs.values())) == 1, runs
+
+
+def _nearest_float32(x) -> "Fraction":
+    """``x`` (a Fraction) rounded once to the nearest float32, ties to even: the definition of one fused rounding."""
+    from fractions import Fraction
+
+    guess = np.float32(float(x))
+    candidates = [guess, np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(-np.inf))]
+    best = min(candidates, key=lambda c: (abs(Fraction(float(c)) - x), int(np.array(c).view(np.uint32)) & 1))
+    return Fraction(float(best))
+
+
+def test_luminance_is_the_fused_multiply_add_chain():
+    """fma(b, w2, fma(g, w1, r w0)) in float32, each step rounded once: checked in exact rational arithmetic."""
+    from fractions import Fraction
+
+    from glmha.data.synthetic_hsi import _GREY, _luminance
+
+    rgb = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
+    w = [Fraction(float(np.float32(c))) for c in _GREY]
+    ours = _luminance(rgb)
+    for (i, j), value in np.ndenumerate(ours):
+        r, g, b = (Fraction(float(v)) for v in rgb[i, j])
+        acc = _nearest_float32(r * w[0])
+        acc = _nearest_float32(g * w[1] + acc)
+        assert Fraction(float(value)) == _nearest_float32(b * w[2] + acc), (i, j)

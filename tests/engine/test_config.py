@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glmha.engine import ConfigError, load_config
-from glmha.engine.trainer import TrainSettings, _settings, build_optimizer, build_scheduler
+from glmha.engine.settings import TrainSettings, _settings, build_optimizer, build_scheduler
 
 from .conftest import CONFIGS
 
@@ -103,3 +103,8 @@ def test_real_mst_recipe_is_the_official_one(size):
     for epoch in range(1, 300):
         for iteration in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):  # first and last of the epoch
             assert bisect.bisect_right(ours, iteration) == bisect.bisect_right(official, epoch), (epoch, iteration)
+
+
+def test_keep_checkpoints_below_one_is_refused():
+    with pytest.raises(ConfigError, match="train.keep_checkpoints = 0: must be an integer > 0"):
+        _settings(load_config(CONFIGS / "restormer" / "deraining_csa.yaml", ["train.keep_checkpoints=0"]))

@@ -129,3 +129,33 @@ def test_evaluate_refuses_unwritable_output_and_unknown_protocol(derain_run, tmp
         evaluate(DERAIN, derain_run.weights, QUIET, variant="smoke", output_dir=blocker / "eval", progress=False)
     with pytest.raises(ConfigError, match="data.test.Test.protocol: unknown evaluation protocol 'nope'"):
         evaluate(DERAIN, derain_run.weights, _paired_overrides(tmp_path, "nope"), variant="smoke", output_dir=tmp_path / "e", progress=False)
+
+
+def test_self_ensemble_in_evaluate(derain_run, tmp_path):
+    """evaluate.ensemble (or ensemble=): the restored images are the x8 self-ensemble of the model's outputs."""
+    import torch
+
+    import glmha
+    from glmha.engine import ConfigError
+    from glmha.inference.ensemble import self_ensemble
+
+    overrides = QUIET + [f"output_dir={derain_run.output_dir}"]
+    plain = evaluate(DERAIN, None, overrides, variant="smoke", output_dir=tmp_path / "plain", progress=False)
+    mean = evaluate(DERAIN, None, overrides + ["evaluate.ensemble=mean"], variant="smoke", output_dir=tmp_path / "mean", progress=False)
+    median = evaluate(DERAIN, None, overrides, variant="smoke", output_dir=tmp_path / "median", progress=False, ensemble="median")
+    assert plain.per_image != mean.per_image != median.per_image
+    model = glmha.load_model(derain_run.weights).eval()
+    x = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        expected = self_ensemble(model, x, "mean")
+    torch.testing.assert_close(glmha.restore(model, x, ensemble="mean"), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="unknown evaluate options|ensemble"):
+        evaluate(DERAIN, None, overrides + ["evaluate.ensemble=max"], variant="smoke", output_dir=tmp_path / "x", progress=False)
+
+
+def test_cassi_refuses_the_self_ensemble(tmp_path):
+    from glmha.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="self-ensemble does not apply to CASSI"):
+        evaluate(CONFIGS / "mst" / "mst_l_cassi_csa.yaml", None, QUIET + ["evaluate.ensemble=mean"], variant="smoke",
+                 output_dir=tmp_path / "e", progress=False)

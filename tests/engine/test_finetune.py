@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glmha import load_checkpoint, swap_attention
-from glmha.checkpoint import CheckpointError
+from glmha.models.checkpoint import CheckpointError
 from glmha.engine import build_model, latest_checkpoint, load_config, train
 from glmha.engine.finetune import initialise_from
 from tests.conftest import DATA, load_golden

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from glmha.engine import load_config, train
-from glmha.engine.trainer import _settings, batch_generator, build_optimizer, build_scheduler, mixup, random_window
+from glmha.engine.batches import batch_generator, mixup, random_window
+from glmha.engine.settings import _settings, build_optimizer, build_scheduler
 
 from .conftest import CONFIGS, QUIET
 

@@ -156,6 +156,12 @@ def real_root(tmp_path_factory):
     return root
 
 
+def sio_data_slice(root, index):
+    from scipy.io import loadmat
+
+    return loadmat(sorted((root / "CAVE_512_28").glob("*.mat"))[index])["data_slice"]
+
+
 def _real_training(root, **kwargs):
     from glmha.engine import build_dataset
 
@@ -163,30 +169,51 @@ def _real_training(root, **kwargs):
                           "mask": str(root / "TSA_real_data" / "mask.mat"), "crop_size": 32, "length": 20, **kwargs})
 
 
+def _official_photons(label: np.ndarray, mask_3d: np.ndarray, gain: float = 1.2, bit: int = 2048, qe: float = 1.0) -> np.ndarray:
+    """MST real/train_code/dataset.py, in its own numpy steps and order (H x W x 28, float64): the photon numbers."""
+    size = label.shape[0]
+    temp = mask_3d * label
+    temp_shift = np.zeros((size, size + (28 - 1) * 2, 28))
+    temp_shift[:, 0:size, :] = temp
+    for t in range(28):
+        temp_shift[:, :, t] = np.roll(temp_shift[:, :, t], 2 * t, axis=1)
+    meas = np.sum(temp_shift, axis=2)
+    return (meas / 28 * 2 * gain * bit / qe).astype(int)
+
+
 def test_real_cassi_training_samples_as_the_official_pipeline(real_root):
-    from glmha.data.cassi import load_mask, measure
+    from glmha.data.cassi import load_mask
     from glmha.data.hyperspectral import SceneFiles
 
     cave = SceneFiles(real_root / "CAVE_512_28", "data_slice", 1 / 65535)
     kaist = SceneFiles(real_root / "KAIST_CVPR2021", "HSI")
     scenes = [cave.window(i, 0, 0, *cave.shapes[i][1:]) for i in range(2)] + [kaist.window(i, 0, 0, *kaist.shapes[i][1:]) for i in range(2)]
+    assert all(scene.dtype == np.float64 for scene in scenes)  # as the official loaders hold them
+    np.testing.assert_array_equal(scenes[0], np.clip(sio_data_slice(real_root, 0) / 65535.0, 0, 1).transpose(2, 0, 1))
     mask = load_mask(real_root / "TSA_real_data" / "mask.mat").numpy()
-    # A detector that sees every photon leaves floor(measurement / 28 * 2 * 1.2 * 2048) / 2048,
-    # so the measurement can be checked exactly against the cube and the aperture crop.
+    # A detector that sees every photon (quantum efficiency 1) reads out exactly the photon
+    # numbers the official code floors from its float64 measurement: compare every count.
     exact = _real_training(real_root, quantum_efficiency=1.0)
-    sources = set()
+    sources, counts = set(), 0
     for n in range(6):
         item = exact[(n % 3, n)]
         target, aperture = item["target"].numpy(), item["mask"].numpy()
         assert item["input"].shape == (32, 32 + 54) and target.shape == (28, 32, 32) and aperture.shape == (32, 32)
         assert 0 <= target.min() and target.max() <= 1
         assert _find_window(mask, aperture) is not None  # a crop of the real aperture, not rotated
-        found = [(s, view) for s, scene in enumerate(scenes) for view in _views(target) if _find_window(scene, view) is not None]
+        found = [(s, view) for s, scene in enumerate(scenes) for view in _views(target)
+                 if _find_window(scene.astype(np.float32), view) is not None]
         assert found, "the target is not a rotated/flipped crop of a training scene"
-        sources.add(found[0][0] // 2)
-        clean = measure(item["target"][None].double(), torch.from_numpy(aperture).double().expand(28, -1, -1))[0] / 28 * 2 * 1.2
-        torch.testing.assert_close(item["input"].double(), torch.floor(clean * 2048) / 2048, rtol=0, atol=1e-6)
-    assert sources == {0, 1}  # both CAVE and KAIST are drawn
+        s, view = found[0]
+        sources.add(s // 2)
+        top, left = _find_window(scenes[s].astype(np.float32), view)
+        window = scenes[s][:, top:top + 32, left:left + 32]
+        label = next(v for v in _views(window) if np.array_equal(v.astype(np.float32), target))  # the float64 target
+        mask_3d = np.tile(aperture.astype(np.float64)[:, :, None], (1, 1, 28))
+        photons = _official_photons(label.transpose(1, 2, 0), mask_3d)
+        np.testing.assert_array_equal(item["input"].numpy().astype(np.float64) * 2048, photons)
+        counts += photons.size
+    assert counts == 6 * 32 * 86 and sources == {0, 1}  # both CAVE and KAIST are drawn
 
     noisy = _real_training(real_root)
     first = noisy[(4, 17)]
@@ -203,7 +230,7 @@ def test_real_cassi_defaults_and_errors(real_root):
 
     from glmha.data.restoration import DatasetError
     from glmha.engine import build_dataset
-    from glmha.engine.spectral import RealCASSITraining
+    from glmha.data.spectral_datasets import RealCASSITraining
 
     defaults = {k: p.default for k, p in inspect.signature(RealCASSITraining).parameters.items()}
     assert (defaults["crop_size"], defaults["length"], defaults["quantum_efficiency"], defaults["bit_depth"], defaults["gain"]) == (

@@ -109,7 +109,7 @@ def test_restore_files_skips_a_nan_output_and_names_the_file(tmp_path):
     with torch.no_grad():
         model.output.weight.fill_(float("inf"))
     Image.fromarray(RGB8).save(tmp_path / "a.png")
-    written, failed = glmha.images.restore_files(model, [tmp_path / "a.png"], tmp_path / "out", progress=False)
+    written, failed = glmha.inference.restoration.restore_files(model, [tmp_path / "a.png"], tmp_path / "out", progress=False)
     assert written == [] and len(failed) == 1
     assert_words(failed[0], ["a.png", "NaN or infinite", "nothing written"])
     assert list((tmp_path / "out").iterdir()) == []

@@ -1,4 +1,4 @@
-"""Image files of every kind through the one reader (glmha.images.read_image_array): the decoded values, or one clear error."""
+"""Image files of every kind through the one reader (glmha.io.images.read_image_array): the decoded values, or one clear error."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from glmha.images import read_image_array
+from glmha.io.images import read_image_array
 from glmha.validation import InputError
 
 from .conftest import Error, assert_words

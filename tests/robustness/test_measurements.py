@@ -10,7 +10,7 @@ import scipy.io
 
 from glmha.data.cassi import load_mask
 from glmha.data.hyperspectral import read_mat, write_mat
-from glmha.reconstruction import read_cassi_input
+from glmha.inference.reconstruction import read_cassi_input
 from glmha.validation import InputError
 
 from .conftest import Error, Warns, assert_words

@@ -5,6 +5,8 @@ MACs count what :func:`glmha.profile` counts: matrix products and convolutions, 
 the sorting of Reformer) is left out, as in the papers' tables; docs/attention.md lists it.
 Notation: C channels (``dim``), h heads, c = C/h tokens per head, N pixels, r the GLMHA /
 Linformer rank, m Performer's random features.
+
+:func:`model_size_table` counts whole models, the table of ``glmha complexity``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..attention import build_attention, resolve_rank
+from ..models import create_model
 from .profile import profile
 
 
@@ -198,7 +201,7 @@ def format_sweep(rows: list[dict]) -> str:
 
 def plot_sweep(rows: list[dict], path: str) -> None:
     """Save the sweep as a PNG (atomically): MACs and params relative to CSA against C, MACs against N."""
-    from ..files import atomic_write
+    from ..io.files import atomic_write
 
     import matplotlib
 
@@ -235,3 +238,70 @@ def plot_sweep(rows: list[dict], path: str) -> None:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         plt.close(fig)
+
+
+# Input sizes of the papers' complexity tables; other models are profiled at 256x256.
+PAPER_SIZES: dict[str, list[tuple[int, int]]] = {
+    "restormer": [(256, 256), (128, 128)],
+    "mst_plus_plus": [(256, 256), (482, 512)],
+    "mst_l": [(256, 256)],
+}
+
+
+def model_size_table(models: Iterable[str], attentions: Iterable[str], height: int, width: int) -> list[dict]:
+    """Params and MACs of each model with each attention at ``height x width``, counted on the meta device (no memory).
+
+    Rows: ``model``, ``attention``, ``params``, ``macs``, ``channels``. A pair whose attention has
+    no implementation for the model's block family is left out. Raises :class:`ValueError`,
+    naming the model and the size, for a size the architecture cannot take.
+    """
+    attentions = list(attentions)
+    rows = []
+    for name in models:
+        for attention in attentions:
+            with torch.device("meta"):
+                try:
+                    model = create_model(name, attention=attention)
+                except ValueError:
+                    continue
+                try:
+                    stats = profile(model, *model.example_inputs(height, width))
+                except ValueError as err:  # e.g. a size the architecture cannot take
+                    raise ValueError(f"{name} at {height}x{width}: {err}") from None
+            rows.append({
+                "model": name, "attention": attention, "params": stats.params, "macs": stats.macs,
+                "channels": model.in_channels,
+            })
+    return rows
+
+
+def format_size_table(rows: list[dict], height: int, width: int) -> str:
+    """A Markdown table of :func:`model_size_table`'s rows, each against its model's CSA row when there is one."""
+    lines = [
+        f"| model | attention | params (M) | GMACs at {height}x{width} | GFLOPs | params vs CSA | GMACs vs CSA |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    csa = {r["model"]: r for r in rows if r["attention"] == "csa"}
+    for r in rows:
+        base = csa.get(r["model"])
+        versus = (
+            f"{r['params'] - base['params']:+,} | {(r['macs'] - base['macs']) / 1e9:+.2f}" if base else "- | -"
+        )
+        lines.append(
+            f"| {r['model']} | {r['attention']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.2f} | {2 * r['macs'] / 1e9:.2f} | {versus} |"
+        )
+    return "\n".join(lines)
+
+
+def format_size_tables(models: Sequence[str], attentions: Sequence[str], size: tuple[int, int] | None = None) -> str:
+    """The tables of ``glmha complexity``: one per input size, each with the models counted at it.
+
+    ``size`` (H, W) for every model, else each model's :data:`PAPER_SIZES` (256x256 for models
+    the papers do not list). Raises :class:`ValueError` as :func:`model_size_table`.
+    """
+    sizes = {name: [tuple(size)] if size else PAPER_SIZES.get(name, [(256, 256)]) for name in models}
+    tables = []
+    for height, width in dict.fromkeys(s for name in models for s in sizes[name]):
+        at_size = [name for name in models if (height, width) in sizes[name]]
+        tables.append(format_size_table(model_size_table(at_size, attentions, height, width), height, width))
+    return "\n\n".join(tables)

@@ -36,8 +36,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..attention.convert import swap_layer_attentions
 from ..attention.registry import FAMILIES, get_attention_class, list_attentions
-from ..files import atomic_write
-from ..inference import pad_to_multiple
+from ..io.files import atomic_write
+from ..inference.tiling import pad_to_multiple
 
 SPECTRA = ("singular", "eigen")
 DEFAULT_SHARES = (0.90, 0.95, 0.99)

@@ -75,7 +75,7 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        from ..images import check_regular_file
+        from ..io.images import check_regular_file
 
         path = check_regular_file(path, "mask file")
         try:

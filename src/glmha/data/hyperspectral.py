@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..io.mat import check_numeric, is_hdf5_mat, mat_variables, read_mat, write_mat
+
 __all__ = [
     "ARAD1K",
     "CASSIPatches",
@@ -57,118 +59,7 @@ CAVE_SCALE = 1.0 / 65536.0
 REAL_CAVE_SCALE = 1.0 / 65535.0  # the real-data training code divides CAVE_512_28 by 65535
 
 
-def _mat_is_hdf5(path: Path) -> bool:
-    import h5py
-
-    return h5py.is_hdf5(path)
-
-
-def read_mat(path: str | os.PathLike, key: str) -> np.ndarray:
-    """Read variable ``key`` of a MATLAB ``.mat`` file (v4/v5/v7 via scipy, v7.3 via h5py) in MATLAB's dimension order."""
-    path = Path(path)
-    if not path.is_file():
-        if path.exists():  # a folder or FIFO: opening a FIFO would block
-            raise ValueError(f"{path} is not a regular file")
-        raise FileNotFoundError(f"no such file: {path}")
-    if _mat_is_hdf5(path):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as mat:
-                if key not in mat:
-                    names = sorted(k for k in mat.keys() if not k.startswith("#"))
-                    raise KeyError(f"{path} has no variable {key!r}; it holds {names}")
-                if not isinstance(mat[key], h5py.Dataset):
-                    raise ValueError(f"{path}: variable {key!r} is a MATLAB struct or group, expected a numeric array")
-                array = np.asarray(mat[key])
-        except OSError as err:
-            raise ValueError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file: {err}") from None
-        return _numeric(array.transpose(tuple(reversed(range(array.ndim)))), path, key)
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(path, variable_names=[key])
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:
-        raise ValueError(f"cannot read {path} as a MATLAB .mat file: {err}") from None
-    if key not in mat:
-        raise KeyError(f"{path} has no variable {key!r}; it holds {sorted(_mat_variables(path))}")
-    return _numeric(mat[key], path, key)
-
-
-def _numeric(array: np.ndarray, path: Path, key: str | None) -> np.ndarray:
-    """``array`` if it holds real numbers; complex values, structs, cells and text are refused by name."""
-    what = "the array" if key is None else f"variable {key!r}"
-    kind = array.dtype.kind
-    if kind == "c" or (array.dtype.names is not None and set(array.dtype.names) == {"real", "imag"}):
-        raise ValueError(f"{path}: {what} holds complex values, expected real numbers")
-    if array.dtype.names is not None or kind == "V":
-        raise ValueError(f"{path}: {what} is a MATLAB struct, expected a numeric array")
-    if kind == "O":
-        raise ValueError(f"{path}: {what} is a MATLAB cell array, expected a numeric array")
-    if kind not in "biuf":
-        raise ValueError(f"{path}: {what} holds {array.dtype} values (text?), expected a numeric array")
-    if array.size == 0:
-        raise ValueError(f"{path}: {what} is empty, shape {array.shape}")
-    return array
-
-
-def _mat_variables(path: Path) -> list[str]:
-    if _mat_is_hdf5(path):
-        import h5py
-
-        with h5py.File(path, "r") as mat:
-            return [k for k in mat.keys() if not k.startswith("#")]
-    import scipy.io
-
-    try:
-        return [name for name, _, _ in scipy.io.whosmat(path)]
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:
-        raise ValueError(f"cannot read {path} as a MATLAB .mat file: {err}") from None
-
-
-def write_mat(path: str | os.PathLike, variables: dict[str, np.ndarray], version: str = "7.3") -> Path:
-    """Write arrays to a ``.mat`` file MATLAB (and the official loaders) can read.
-
-    ``version="7.3"`` writes HDF5 the way MATLAB does: a 512-byte header block naming the
-    format, each array stored with its dimensions reversed and tagged with its
-    ``MATLAB_class``. ``version="5"`` uses :func:`scipy.io.savemat`. Written atomically (a
-    reader never sees a partial file). Returns the path.
-    """
-    from ..files import atomic_write
-
-    if version not in ("5", "7.3"):
-        raise ValueError(f"version must be '7.3' or '5', got {version!r}")
-    if version == "5":
-        import scipy.io
-
-        def save_v5(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                scipy.io.savemat(f, variables)
-
-        return atomic_write(path, save_v5)
-    import h5py
-
-    classes = {np.dtype(np.float64): "double", np.dtype(np.float32): "single", np.dtype(np.uint8): "uint8",
-               np.dtype(np.uint16): "uint16", np.dtype(np.int32): "int32", np.dtype(np.bool_): "logical"}
-    arrays = {name: np.asarray(value) for name, value in variables.items()}
-    for name, value in arrays.items():
-        if value.dtype not in classes:
-            raise ValueError(f"cannot store {name!r} of dtype {value.dtype} in a MATLAB file")
-
-    def save_v73(tmp: str) -> None:
-        with h5py.File(tmp, "w", userblock_size=512) as mat:
-            for name, value in arrays.items():
-                stored = value.astype(np.uint8) if value.dtype == np.bool_ else value
-                dataset = mat.create_dataset(name, data=stored.transpose(tuple(reversed(range(value.ndim)))))
-                dataset.attrs["MATLAB_class"] = np.bytes_(classes[value.dtype])
-        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: glmha, HDF5 schema 1.00 ."
-        with open(tmp, "r+b") as f:  # the header MATLAB puts in the user block
-            f.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02" + b"IM")
-
-    return atomic_write(path, save_v73)
-
-
-def _to_chw(array: np.ndarray, layout: str, path: Path) -> np.ndarray:
+def _to_chw(array: np.ndarray, layout: str, path: Path, dtype: type = np.float32) -> np.ndarray:
     if array.ndim != 3:
         raise ValueError(f"{path}: a hyperspectral cube must be 3-D, got shape {array.shape}")
     if layout == "auto":  # the bands are the shortest axis of a cube
@@ -177,11 +68,12 @@ def _to_chw(array: np.ndarray, layout: str, path: Path) -> np.ndarray:
         array = array.transpose(2, 0, 1)
     elif layout != "chw":
         raise ValueError(f"layout must be 'hwc', 'chw' or 'auto', got {layout!r}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
-def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | None = None, scale: float = 1.0) -> np.ndarray:
-    """Read a hyperspectral cube (``.mat`` of any version, or ``.npy``) as float32 ``C x H x W`` times ``scale``.
+def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | None = None, scale: float = 1.0,
+              dtype: type = np.float32) -> np.ndarray:
+    """Read a hyperspectral cube (``.mat`` of any version, or ``.npy``) as ``C x H x W`` times ``scale`` (float32, or ``dtype``).
 
     ``key`` defaults to the first of :data:`CUBE_KEYS` the file holds (or its only variable).
     ``layout`` is the order of the stored array (a ``.mat`` variable in MATLAB's order):
@@ -194,12 +86,12 @@ def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | Non
         raise FileNotFoundError(f"no such cube file: {path}")
     if path.suffix.lower() == ".npy":
         try:
-            array = _numeric(np.load(path, allow_pickle=False), path, None)
+            array = check_numeric(np.load(path, allow_pickle=False), path, None)
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"cannot read {path} as a .npy array: {(str(err).strip() or type(err).__name__).splitlines()[0]}") from None
     elif path.suffix.lower() == ".mat":
         if key is None:
-            names = _mat_variables(path)
+            names = mat_variables(path)
             found = [k for k in CUBE_KEYS if k in names]
             if found:
                 key = found[0]
@@ -212,23 +104,34 @@ def read_cube(path: str | os.PathLike, key: str | None = None, layout: str | Non
         raise ValueError(f"{path}: unsupported cube format {path.suffix!r}; use .mat or .npy")
     if layout is None:
         layout = "auto" if path.suffix.lower() == ".npy" else "hwc"
-    cube = _to_chw(array, layout, path)
-    return cube * np.float32(scale) if scale != 1.0 else cube
+    cube = _to_chw(array, layout, path, dtype)
+    return cube * cube.dtype.type(scale) if scale != 1.0 else cube
 
 
-def read_rgb(path: str | os.PathLike, normalize: str = "minmax") -> np.ndarray:
+def read_rgb(path: str | os.PathLike, normalize: str = "minmax", read_depth: str = "8") -> np.ndarray:
     """Read an RGB image as float32 ``3 x H x W``.
 
     ``normalize="minmax"`` maps the image's own minimum and maximum to 0 and 1 (the official
-    MST++ loader); ``"255"`` divides by 255.
+    MST++ loader); ``"255"`` divides by 255 (8-bit reads only). ``read_depth="8"`` decodes as
+    the official loaders do, ``cv2.imread`` in 8-bit colour (a 16-bit file gives its high
+    byte); ``"native"`` keeps 16-bit and float files at their precision, and reads 8-bit
+    files exactly as ``"8"`` does.
     """
-    from ..images import decode_image
+    from ..io.images import READ_DEPTHS, decode_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
-    stored = decode_image(path, "opencv")  # the official loader's decoder, cv2.imread in 8-bit colour; InputError if unreadable
+    if read_depth not in READ_DEPTHS:
+        raise ValueError(f"read depth must be one of {list(READ_DEPTHS)}, got {read_depth!r}")
+    stored = decode_image(path, "pillow") if read_depth == "native" else None
+    if stored is None or stored.dtype.kind not in "uf" or stored.dtype == np.uint8:
+        stored = decode_image(path, "opencv")  # the official loader's decoder, cv2.imread in 8-bit colour
+    elif normalize != "minmax":
+        raise ValueError(f"{path}: a {stored.dtype} image keeps its precision only with min-max normalisation")
     rgb = np.float32(stored)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
     if normalize == "minmax":
         low, high = rgb.min(), rgb.max()
         rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
@@ -389,7 +292,7 @@ def load_cave_scenes(folder: str | os.PathLike, scale: float = CAVE_SCALE) -> li
     """CAVE training scenes for CASSI (``cave_1024_28/*.mat``, key ``img_expand`` or ``img``), float32 ``28 x H x W`` each, times 1/65536."""
     scenes = []
     for path in _mat_files(folder, "CAVE scenes"):
-        names = _mat_variables(path)
+        names = mat_variables(path)
         key = "img_expand" if "img_expand" in names else "img" if "img" in names else None
         if key is None:
             raise KeyError(f"{path} has neither 'img_expand' nor 'img'; it holds {names}")
@@ -412,7 +315,8 @@ class SceneFiles:
     MATLAB v7.3 files are read from disk one window at a time (h5py slicing), so scenes as
     large as KAIST's take no memory; older files are loaded whole when the object is made, as
     the official loaders do. Values are the stored numbers times ``scale``, clipped to
-    [0, 1], as the official real-data training code prepares CAVE and KAIST.
+    [0, 1], in float64, as the official real-data training code prepares CAVE and KAIST (its
+    simulated photon counts are floored from them, so float32 scenes would change a few).
     """
 
     def __init__(self, folder: str | os.PathLike, key: str, scale: float = 1.0, what: str = "scenes"):
@@ -421,10 +325,10 @@ class SceneFiles:
         self.shapes: list[tuple[int, int, int]] = []  # C x H x W per scene
         self._loaded: dict[int, np.ndarray] = {}
         for i, path in enumerate(self.paths):
-            if _mat_is_hdf5(path):
+            if is_hdf5_mat(path):
                 self.shapes.append(self._hdf5_shape(path))
             else:
-                cube = read_cube(path, key, layout="hwc")
+                cube = read_cube(path, key, layout="hwc", dtype=np.float64)
                 self._loaded[i] = self._prepare(cube)
                 self.shapes.append(cube.shape)
 
@@ -440,14 +344,15 @@ class SceneFiles:
         return shape[0], shape[2], shape[1]
 
     def _prepare(self, cube: np.ndarray) -> np.ndarray:
-        cube = cube * np.float32(self.scale) if self.scale != 1.0 else cube
+        # The official code divides by 65535.0; 1 / (1 / 65535) is 65535.0 exactly, so dividing matches it.
+        cube = cube / (1.0 / self.scale) if self.scale != 1.0 else cube
         return np.clip(cube, 0.0, 1.0, out=cube)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def window(self, index: int, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """Rows ``top:top+height`` and columns ``left:left+width`` of scene ``index``, float32 ``C x height x width``."""
+        """Rows ``top:top+height`` and columns ``left:left+width`` of scene ``index``, float64 ``C x height x width``."""
         _, h, w = self.shapes[index]
         if top < 0 or left < 0 or top + height > h or left + width > w:
             raise ValueError(f"window {height}x{width} at ({top}, {left}) lies outside scene {self.paths[index]} ({h}x{w})")
@@ -457,7 +362,7 @@ class SceneFiles:
 
         with h5py.File(self.paths[index], "r") as mat:
             window = mat[self.key][:, left:left + width, top:top + height]  # C x w x h
-        return self._prepare(np.ascontiguousarray(window.transpose(0, 2, 1), dtype=np.float32))
+        return self._prepare(np.ascontiguousarray(window.transpose(0, 2, 1), dtype=np.float64))
 
 
 def mosaic(quarters: Sequence[np.ndarray]) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..files import atomic_write
+from ..io.files import atomic_write
 from .restoration import DatasetError, natural_key
 
 DONE_LOG = ".glmha-prepare-{task}.done"

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..io.mat import read_mat
+from ..validation import error_message
 from . import degradations as deg
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -43,7 +45,7 @@ def read_image(path: str | os.PathLike, grayscale: bool = False, bit_depth: int 
     """Read an image file as float32 ``H x W x C`` in ``[0, 1]``, decoded as the official code decodes it.
 
     The official Restormer scripts read every image with OpenCV, and so does this function
-    (:func:`glmha.images.decode_image` with ``decoder="opencv"``, which first checks the file
+    (:func:`glmha.io.images.decode_image` with ``decoder="opencv"``, which first checks the file
     and refuses modes and 32-bit files the official loaders do not read): ``bit_depth=8`` is
     ``cv2.imread`` in colour (16-bit files come back as their high byte, as the official 8-bit
     loaders see them), ``grayscale=True`` is ``cv2.IMREAD_GRAYSCALE`` (colour files converted by
@@ -52,7 +54,7 @@ def read_image(path: str | os.PathLike, grayscale: bool = False, bit_depth: int 
     with ``grayscale``, ``IMREAD_ANYDEPTH``). Values are divided by 255 or 65535; alpha is
     dropped and grey files are repeated to RGB unless ``grayscale``.
     """
-    from ..images import decode_image
+    from ..io.images import decode_image
     from ..validation import InputError
 
     if bit_depth not in (8, 16):
@@ -412,27 +414,11 @@ class DNDImages(Dataset):
 
 
 def read_mat_array(path: str | os.PathLike, key: str) -> np.ndarray:
-    """Array ``key`` of a MATLAB ``.mat`` file (v5 through scipy, v7.3 through h5py)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"file not found: {path}")
+    """Array ``key`` of a MATLAB ``.mat`` file (:func:`glmha.io.mat.read_mat`); problems raise :class:`DatasetError`."""
     try:
-        from scipy.io import loadmat
-
-        contents = loadmat(path)
-        keys = [k for k in contents if not k.startswith("__")]
-        if key in contents:
-            return np.asarray(contents[key])
-    except NotImplementedError:  # v7.3 files are HDF5
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            keys = list(f.keys())
-            if key in f:
-                return np.asarray(f[key]).transpose()  # MATLAB stores column-major
-    except Exception as err:
-        raise DatasetError(f"cannot read MATLAB file {path}: {err}") from None
-    raise DatasetError(f"{path} has no array {key!r}; it holds {keys}")
+        return read_mat(path, key)
+    except (OSError, ValueError, KeyError) as err:
+        raise DatasetError(error_message(err)) from None
 
 
 SYNTHETIC_TASKS = (

@@ -121,7 +121,7 @@ def camera_response(name: str = "nikon_5100", wavelengths: Sequence[float] = RGB
         cmfs = _sample(colour.MSDS_CMFS["CIE 1931 2 Degree Standard Observer"], wl, outside=0.0)
         to_xyz = cmfs / cmfs[1].sum()
         to_rgb = np.asarray(colour.models.RGB_COLOURSPACE_sRGB.matrix_XYZ_to_RGB, dtype=np.float64)
-        return to_rgb @ to_xyz
+        return np.einsum("ij,jc->ic", to_rgb, to_xyz)  # einsum, not BLAS: the same sums on every CPU
     sensitivity = _sample(colour.MSDS_CAMERA_SENSITIVITIES[CAMERA_RESPONSES[name]], wl, outside=0.0)
     return sensitivity / sensitivity.sum(axis=1, keepdims=True)
 
@@ -169,6 +169,23 @@ def _layout_photo(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return resize(window, (height, width), anti_aliasing=True).astype(np.float32)
 
 
+# The luminance of the scene layout is written out so that no BLAS call takes part: BLAS
+# kernels are chosen per CPU (AVX-512 kernels fuse the multiply-adds, AVX2 ones do not), and
+# the built-in data must be the same on every machine. The 3-term dot product is the chain of
+# fused multiply-adds the AVX-512 kernel computes, emulated in float64 (where a product of two
+# float32 numbers is exact), so the scenes stay what they were on such machines.
+_GREY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray's luma weights
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """``skimage.color.rgb2gray`` of a float32 ``H x W x 3`` image as fma(b, w2, fma(g, w1, r w0)), without BLAS."""
+    w = np.asarray(_GREY, dtype=np.float32).astype(np.float64)
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    acc = (r * w[0]).astype(np.float32).astype(np.float64)
+    acc = (g * w[1] + acc).astype(np.float32).astype(np.float64)
+    return (b * w[2] + acc).astype(np.float32)
+
+
 def synthetic_scene(
     seed: int,
     height: int = 64,
@@ -179,7 +196,6 @@ def synthetic_scene(
 ) -> np.ndarray:
     """A seeded hyperspectral scene, float32 ``C x H x W`` in [0, 1] (how it is made: module doc)."""
     from scipy.ndimage import gaussian_filter
-    from skimage.color import rgb2gray
     from skimage.segmentation import slic
 
     if height < 8 or width < 8:
@@ -187,6 +203,8 @@ def synthetic_scene(
     wl = _wavelengths(wavelengths)
     rng = np.random.default_rng(seed)
     photo = _layout_photo(rng, height, width)
+    # SLIC's own Lab conversion is a BLAS product too; its last-bit differences across CPUs move
+    # no superpixel border of the scenes the demo, the studies and the tests use (checked).
     labels = slic(photo, n_segments=regions, compactness=10.0, start_label=0, channel_axis=-1)
     n_areas = int(labels.max()) + 1
 
@@ -199,7 +217,7 @@ def synthetic_scene(
     abundance /= abundance.sum(axis=0, keepdims=True)
     reflectance = np.einsum("ac,ahw->chw", area_spectra, abundance)
 
-    shading = rgb2gray(photo).astype(np.float64)
+    shading = _luminance(photo).astype(np.float64)
     shading = 0.15 + 0.85 * (shading - shading.min()) / max(float(np.ptp(shading)), 1e-6)
     light = illuminant_spectrum(illuminant or ILLUMINANTS[rng.integers(len(ILLUMINANTS))], wl)
     cube = reflectance * shading[None] * light[:, None, None]

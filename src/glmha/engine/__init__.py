@@ -7,8 +7,11 @@
 """
 from .config import ConfigError, load_config
 from .evaluate import EvalResult, evaluate
+from .run_log import TrainingInterrupted
+from .run_state import RunFolderError, latest_checkpoint
+from .settings import TrainResult, TrainSettings, build_model
 from .tasks import DATASET_TYPES, LOSSES, TASKS, build_dataset, get_task
-from .trainer import RunFolderError, TrainingInterrupted, TrainResult, TrainSettings, build_model, latest_checkpoint, train
+from .trainer import train
 
 __all__ = [
     "ConfigError",

@@ -7,7 +7,7 @@
 - ``optimizer`` -> ``torch.optim.<name>(params, **rest)``
 - ``scheduler`` -> ``torch.optim.lr_scheduler.<name>(optimizer, **rest)`` for each entry of
   ``phases``, chained with ``SequentialLR`` at ``milestones`` (iterations)
-- ``train`` -> :class:`glmha.engine.trainer.TrainSettings`
+- ``train`` -> :class:`glmha.engine.settings.TrainSettings`
 - ``evaluate`` -> the evaluation options of :func:`glmha.engine.evaluate.evaluate`
 
 A config may name a ``base`` config (path relative to itself) that it updates, and holds

@@ -26,15 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint
 from ..data.restoration import DNDImages
+from ..inference.ensemble import check_ensemble
+from ..io.files import atomic_write
 from ..metrics.protocols import get_protocol
+from ..models.checkpoint import CheckpointError, load_checkpoint
+from .batches import _to_device
 from .config import ConfigError, load_config
 from .outputs import OfficialOutputs
+from .run_state import latest_checkpoint
+from .settings import _autocast, build_model
 from .tasks import build_dataset, get_task, task_name
-from .trainer import _autocast, _to_device, build_model, latest_checkpoint
 
-EVALUATE_OPTIONS = ("checkpoint", "precision", "save_images", "sets", "tile")
+EVALUATE_OPTIONS = ("checkpoint", "ensemble", "precision", "save_images", "sets", "tile")
 
 
 @dataclass
@@ -119,6 +123,7 @@ def evaluate(
     precision: str | None = None,
     save_images: bool | None = None,
     progress: bool = True,
+    ensemble: str | None = None,
 ) -> EvalResult:
     """Measure a trained model on the test sets of ``config`` (``data.test``) with the official protocols.
 
@@ -135,9 +140,13 @@ def evaluate(
             whole images, so tiled numbers are not the official protocol's (a warning says so).
         precision: ``"fp32"`` (default, as the official scripts), ``"bf16"`` or ``"fp16"`` (GPU) autocast.
         save_images: also write the restored outputs as the official test scripts do.
+        ensemble: ``"none"`` (default, as the official test scripts of Restormer and MST),
+            ``"mean"`` or ``"median"``: the x8 self-ensemble of flips and rotations
+            (:func:`glmha.inference.ensemble.self_ensemble`; MST++'s prediction script uses
+            ``"mean"``), 8 forwards per image. Not for CASSI.
 
     The ``evaluate`` section of the config supplies defaults for ``sets``, ``tile``,
-    ``precision``, ``checkpoint`` and ``save_images``.
+    ``precision``, ``checkpoint``, ``save_images`` and ``ensemble``.
     """
     cfg = load_config(config, overrides, variant)
     options = dict(cfg.get("evaluate") or {})
@@ -147,8 +156,13 @@ def evaluate(
     sets = sets or options.get("sets")
     tile = tile if tile is not None else options.get("tile")
     precision = precision or options.get("precision", "fp32")
+    ensemble = ensemble or options.get("ensemble") or "none"
+    check_ensemble(ensemble)
     save_images = bool(options.get("save_images", False) if save_images is None else save_images)
     task = get_task(cfg["task"])
+    if ensemble != "none" and task.name in ("cassi", "real_cassi"):
+        raise ConfigError("the self-ensemble does not apply to CASSI (the measurement is sheared by the disperser); "
+                          "use evaluate.ensemble none")
     run_dir = Path(cfg.get("output_dir") or "runs/" + task_name(cfg["task"]))
     out = Path(output_dir) if output_dir else run_dir / "eval"
 
@@ -182,7 +196,7 @@ def evaluate(
         dataset = build_dataset(test_sets[set_name])
         protocol = get_protocol(set_protocols[set_name])
         writer = OfficialOutputs(protocol, out / set_name, getattr(dataset, "bit_depth", 8)) if save_images or protocol.name == "dnd" else None
-        rows = _evaluate_set(model, task, dataset, set_name, protocol, writer, save_images, device, precision, tile, progress)
+        rows = _evaluate_set(model, task, dataset, set_name, protocol, writer, save_images, device, precision, tile, progress, ensemble)
         if writer is not None:
             writer.close()
             saved[set_name] = out / set_name
@@ -209,7 +223,7 @@ def evaluate(
 
 
 def _evaluate_set(model, task, dataset, set_name: str, protocol, writer: OfficialOutputs | None, save_images: bool, device, precision: str,
-                  tile: int | None, progress: bool) -> list[dict[str, Any]]:
+                  tile: int | None, progress: bool, ensemble: str = "none") -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     rows = []
@@ -226,7 +240,7 @@ def _evaluate_set(model, task, dataset, set_name: str, protocol, writer: Officia
             continue
         batch = _to_device({k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in item.items()}, device)
         with _autocast(device, precision):
-            pred = task.predict(model, batch, tile=tile) if tile else task.predict(model, batch)
+            pred = task.predict(model, batch, tile=tile, ensemble=ensemble)
         pred = pred.float()
         values = task.metrics(pred, batch, protocol.name)
         rows.append({"set": set_name, "image": Path(str(item["name"])).name, **{k: float(v[0]) for k, v in values.items()}})

@@ -1,6 +1,6 @@
 """Starting a new run from given weights (``train.init_from``): fine-tuning.
 
-The source is an official release file (``.pth``, any layout :func:`glmha.checkpoint.read_state_dict`
+The source is an official release file (``.pth``, any layout :func:`glmha.models.checkpoint.read_state_dict`
 reads), or this project's weights file or run folder. Tensors load where name and shape
 match the model; the rest of the model keeps its own initialisation ("new"), and source
 tensors without a place are "dropped". A CSA source (official files are CSA) into a GLMHA
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..attention.convert import _attention_family, swap_attention
-from ..checkpoint import CheckpointError, read_model_spec, read_state_dict, resolve_checkpoint
+from ..models.checkpoint import CheckpointError, read_model_spec, read_state_dict, resolve_checkpoint
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
+from ..io.files import atomic_write
 from ..metrics.protocols import Protocol, img_as_ubyte
 
 

@@ -83,6 +83,7 @@ class EvaluateSection(_Section):
     save_images: Optional[bool] = None
     sets: Optional[list[str]] = None
     tile: Optional[int] = Field(default=None, gt=0)
+    ensemble: Optional[Literal["none", "mean", "median"]] = None
 
 
 class ModelSection(BaseModel):

@@ -47,7 +47,7 @@ def read_as_official(path: Path, mode: str) -> np.ndarray:
     dropped), ``"color"`` (OpenCV's default 8-bit colour read) or ``"grayscale"`` (OpenCV grey)."""
     import cv2
 
-    from ..images import check_image_file, read_opencv
+    from ..io.images import check_image_file, read_opencv
 
     check_image_file(path)  # a FIFO would block; a truncated PNG/JPEG would decode with grey rows
     flags = {"stored": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "grayscale": cv2.IMREAD_GRAYSCALE}

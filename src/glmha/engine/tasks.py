@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import restoration
-from ..inference import pad_to_multiple, restore
+from ..inference.restoration import restore
+from ..inference.tiling import pad_to_multiple
 from ..metrics import protocols
-from . import spectral
+from ..data import spectral_datasets as spectral
 
 DATASET_TYPES: dict[str, Callable[..., torch.utils.data.Dataset]] = {
     "paired_folder": restoration.PairedImageFolder,
@@ -94,8 +95,8 @@ class _SingleInputTask:
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["input"])
 
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
-        return restore(model, batch["input"], tile=tile)
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None, ensemble: str = "none") -> torch.Tensor:
+        return restore(model, batch["input"], tile=tile, ensemble=ensemble)
 
 
 def _images(batch: torch.Tensor) -> list[np.ndarray]:
@@ -186,9 +187,12 @@ class CASSITask:
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return model(*self.inputs(batch))
 
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None, ensemble: str = "none") -> torch.Tensor:
         if tile:
             raise ValueError("CASSI reconstruction runs on whole scenes; tiled inference does not apply")
+        if ensemble != "none":
+            raise ValueError("the self-ensemble does not apply to CASSI: the measurement is sheared along its width by the "
+                             "disperser, so flips and rotations do not commute with the model; use ensemble none")
         return model(*self.inputs(batch))
 
     def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
@@ -234,7 +238,7 @@ class DistillationTask:
         if isinstance(teacher, nn.Module):
             self.teacher = teacher
         else:
-            from ..checkpoint import load_model
+            from ..models.checkpoint import load_model
 
             self.teacher = load_model(teacher, preset=preset, verbose=False)
         self.teacher.eval().requires_grad_(False)
@@ -283,8 +287,8 @@ class DistillationTask:
         terms = [F.l1_loss(s.float(), t.float()) for s, t in zip(self._student_features, self._teacher_features)]
         return self.feature_weight * sum(terms) / len(terms)
 
-    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None) -> torch.Tensor:
-        return self.base.predict(model, batch, tile=tile)
+    def predict(self, model: nn.Module, batch: Mapping[str, torch.Tensor], tile: int | None = None, ensemble: str = "none") -> torch.Tensor:
+        return self.base.predict(model, batch, tile=tile, ensemble=ensemble)
 
     def metrics(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor], protocol: str | None = None) -> dict[str, torch.Tensor]:
         mse = (pred.double() - batch["target"].double()).pow(2).flatten(1).mean(1)

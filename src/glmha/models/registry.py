@@ -36,7 +36,7 @@ class ModelSpec:
     ``layers`` holds the attention layers that were changed afterwards on their own
     (:func:`glmha.analysis.eigen.apply_ranks`): ``{layer name: {"attention": ..., "attention_kwargs": {...}}}``.
     ``preset`` names the official release file the model was loaded as, if any
-    (:mod:`glmha.presets`). Everything is plain JSON data.
+    (:mod:`glmha.models.presets`). Everything is plain JSON data.
     """
 
     name: str

@@ -228,7 +228,7 @@ class Restormer(nn.Module):
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(
                 f"Restormer needs H and W divisible by {self.size_multiple}, got {h}x{w}; "
-                "use glmha.inference.restore(), which pads and crops back"
+                "use glmha.restore(), which pads and crops back"
             )
         enc1_in = self.patch_embed(inp_img)
         enc1 = self.encoder_level1(enc1_in)

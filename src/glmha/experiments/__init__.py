@@ -1,0 +1,1 @@
+"""Whole experiments built on the library: the demo, attention studies and distillation, with their reports."""

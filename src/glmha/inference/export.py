@@ -1,0 +1,161 @@
+"""Export a model to ONNX or TorchScript with dynamic height and width, and check the file against PyTorch.
+
+Image models (Restormer, MST++) are exported behind :class:`AnySize`, which pads the input
+to the network's size multiple and crops the output back, as :func:`glmha.restore` does, so
+the exported file takes images of any size (at least the multiple on each side). The CASSI
+MST takes the shifted-back measurement and the shifted mask as they are (H and W multiples of
+4, the mask ``2 (bands - 1)`` columns wider).
+
+ONNX goes through PyTorch's ``torch.export``-based exporter (``dynamo=True``): the older
+TorchScript-based exporter cannot express the channel layer norm's permutes with symbolic
+sizes. TorchScript files are traced; the padding is scripted so that its arithmetic on the
+input size stays dynamic.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io.files import atomic_write
+
+FORMATS = ("onnx", "torchscript")
+
+
+@torch.jit.script_if_tracing
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    # The padded size is written as a multiple of ``multiple`` so that torch.export can prove
+    # the network's divisibility check; reflect padding as glmha.restore.
+    h, w = x.shape[-2], x.shape[-1]
+    return F.pad(x, [0, (w + multiple - 1) // multiple * multiple - w, 0, (h + multiple - 1) // multiple * multiple - h], mode="reflect")
+
+
+@torch.jit.script_if_tracing
+def _crop_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return out[:, :, : x.shape[-2], : x.shape[-1]]
+
+
+class AnySize(nn.Module):
+    """``model`` on images of any size: reflect-pad to its size multiple, run, crop back."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.multiple = int(getattr(model, "size_multiple", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _crop_like(self.model(_pad_to(x, self.multiple)), x)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    checked_sizes: list[tuple[int, int]]
+    max_abs_diff: float | None  # None when the runtime to check with is not installed
+
+
+def _exportable(model: nn.Module) -> tuple[nn.Module, bool]:
+    module = getattr(model, "module", model)  # glmha.optimize's wrapper: export the model itself
+    mask_guided = bool(getattr(module, "mask_guided", False))
+    return (module if mask_guided else AnySize(module)).eval(), mask_guided
+
+
+def _example(module: nn.Module, mask_guided: bool, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    inner = getattr(module, "model", module)
+    weight = next(inner.parameters())
+    x = torch.rand(1, int(inner.in_channels), height, width, generator=generator).to(weight)
+    if not mask_guided:
+        return (x,)
+    mask = (torch.rand(1, inner.dim, height, width + inner.mask_width_extra, generator=generator) > 0.5).to(weight)
+    return x, mask
+
+
+def export_sizes(model: nn.Module, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The ``sizes`` for :func:`export_model` of an example input of ``height x width``.
+
+    That size, to trace, and a second one of other height and width, to check that the file's
+    H and W are dynamic. Raises :class:`ValueError` for a size ``model`` cannot take: below its
+    size multiple, or, for the CASSI MST (which takes its sizes as they are), not a multiple of it.
+    """
+    module = getattr(model, "module", model)  # glmha.optimize's wrapper, as export_model
+    multiple = int(getattr(module, "size_multiple", 1))
+    mask_guided = bool(getattr(module, "mask_guided", False))
+    if min(height, width) < multiple or (mask_guided and (height % multiple or width % multiple)):
+        raise ValueError(f"size must be at least {multiple} (and a multiple of {multiple} for CASSI models), got {height} {width}")
+    # padded image models: sizes off the multiple exercise the padding too
+    second = (height + multiple * 3, width + multiple * 5) if mask_guided else (height + 13, width + 29)
+    return (height, width), second
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str = "onnx",
+    sizes: tuple[tuple[int, int], ...] = ((64, 64), (48, 80)),
+    opset: int | None = None,
+) -> ExportResult:
+    """Write ``model`` as ``fmt`` (``"onnx"`` or ``"torchscript"``) with dynamic H and W, atomically.
+
+    The first of ``sizes`` is the example input the export traces; the file is then run at
+    every size (onnxruntime for ONNX, when installed; ``torch.jit.load`` for TorchScript) and
+    compared with the PyTorch model. Returns the largest absolute difference seen.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    module, mask_guided = _exportable(model)
+    example = _example(module, mask_guided, *sizes[0])
+    names = ["x", "mask"] if mask_guided else ["x"]
+    path = Path(path)
+    if fmt == "onnx":
+        dynamic = {name: {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC} for name in ("x", "mask")[: len(example)]}
+        if not mask_guided:
+            dynamic = {"x": dynamic["x"]}
+
+        def write(tmp: str) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, example, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
+                                  output_names=["output"], opset_version=opset, external_data=False, verbose=False)
+    else:
+        def write(tmp: str) -> None:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(module, example, check_trace=False)
+                torch.jit.save(traced, tmp)
+
+    atomic_write(path, write)
+    diff = check_export(module, path, fmt, mask_guided, sizes)
+    return ExportResult(path, fmt, list(sizes), diff)
+
+
+def check_export(module: nn.Module, path: Path, fmt: str, mask_guided: bool, sizes) -> float | None:
+    """Run the exported file at each size and return the largest absolute difference to PyTorch."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        run = lambda inputs: torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(["x", "mask"], inputs)})[0])  # noqa: E731
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in favour of torch.export
+            loaded = torch.jit.load(str(path))
+        run = lambda inputs: loaded(*inputs)  # noqa: E731
+    worst = 0.0
+    for index, (height, width) in enumerate(sizes):
+        inputs = _example(module, mask_guided, height, width, seed=index + 1)
+        with torch.no_grad():
+            expected = module(*inputs)
+            got = run(inputs)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"the exported model gives shape {tuple(got.shape)} at {height}x{width}, PyTorch {tuple(expected.shape)}")
+        worst = max(worst, float((got.float() - expected.float()).abs().max()))
+    return worst

@@ -1,0 +1,1 @@
+"""Reading and writing files: images, atomic writes and output folders (no models here)."""
