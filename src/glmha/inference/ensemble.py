@@ -41,9 +41,12 @@ def _inverse(y: torch.Tensor, flip_width: bool, flip_height: bool, transpose: bo
     return y
 
 
-def check_ensemble(ensemble: str) -> None:
+def check_ensemble(ensemble: str, model: torch.nn.Module | None = None) -> None:
+    """Refuse an unknown ``ensemble``, and an ensemble for ``model`` when it is a CASSI model (:func:`check_ensemble_model`)."""
     if ensemble not in ENSEMBLES:
         raise InputError(f"ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+    if ensemble != "none" and model is not None:
+        check_ensemble_model(model)
 
 
 def self_ensemble(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ensemble: str = "mean") -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..validation import InputError, check_finite_output, check_image_batch
-from .ensemble import check_ensemble, check_ensemble_model, self_ensemble
+from .ensemble import check_ensemble, self_ensemble
 from .memory import ActivationCost, activation_cost, default_memory_budget
 from .tiling import TILE_MODES, pad_to_multiple, plan_tile, round_tile, run_blended_tiles, run_official_tiles
 
@@ -84,9 +84,7 @@ def restore(
     :func:`~glmha.inference.ensemble.self_ensemble`). ``progress`` shows a bar over the tiles.
     """
     check_image_batch(x, getattr(model, "in_channels", None))
-    check_ensemble(ensemble)
-    if ensemble != "none":
-        check_ensemble_model(model)
+    check_ensemble(ensemble, model)
     if tile_mode not in TILE_MODES:
         raise InputError(f"tile_mode must be one of {list(TILE_MODES)}, got {tile_mode!r}")
     if overlap < 0:
@@ -174,9 +172,7 @@ def restore_files(
 
     from ..io.images import plan_outputs, prepare_output_dir, read_dual_pixel_pair, read_image_and_depth, write_png
 
-    check_ensemble(ensemble)
-    if ensemble != "none":
-        check_ensemble_model(model)
+    check_ensemble(ensemble, model)  # before any file is read
     paths = list(paths)
     output_dir = prepare_output_dir(output_dir)
     names = plan_outputs(paths, output_dir, [".png"], overwrite)
