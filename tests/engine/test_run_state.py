@@ -52,11 +52,14 @@ def test_killed_run_restarts_from_its_last_checkpoint(tmp_path):
     saved = latest_checkpoint(out)
     done = _pointer_iteration(out)
     assert saved and done >= 4 and done % 2 == 0
-    stale = out / "checkpoints" / f".{saved[0].name}.12345.dead.tmp"  # what a kill during a write leaves
+    stale = out / "checkpoints" / f".{saved[0].name}.glmha-{proc.pid}-0badf00d.tmp"  # what a kill during a write leaves
     stale.write_bytes(b"partial")
+    notes = out / ".notes.tmp"  # a user's file of a similar name is not the package's to remove
+    notes.write_text("mine")
     resumed = train(DERAIN, LONG, variant="smoke", output_dir=out, max_steps=2)
     assert resumed.iteration == done + 2
-    assert not stale.exists() and not list(out.rglob("*.tmp"))
+    assert not stale.exists() and not [p for p in out.rglob("*.tmp") if p != notes]
+    assert notes.read_text() == "mine"
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_is_bit_identical(tmp_path):

@@ -107,7 +107,9 @@ def _glob(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 def _read(path: Path, unchanged: bool = False) -> np.ndarray:
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if unchanged else cv2.IMREAD_COLOR)
+    from ..io.images import opencv_decode
+
+    image = opencv_decode(path, cv2.IMREAD_UNCHANGED if unchanged else cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"cannot read image {path}")
     return image

@@ -115,3 +115,29 @@ def load_config(
             raise ConfigError(f"config needs a {required!r} section")
     validate_config(cfg)
     return cfg
+
+
+def input_paths(cfg: Mapping[str, Any], config: str | os.PathLike | Mapping[str, Any] | None = None) -> list[Path]:
+    """The files and folders a run reads: the config file (and its bases), data folders and files, ``train.init_from``.
+
+    Output folders are checked against them: a run never writes into (or over) what it reads.
+    """
+    found: list[Path] = []
+    if config is not None and not isinstance(config, Mapping):
+        found.append(Path(config))
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, (str, os.PathLike)) and str(value) and os.path.exists(value):
+            found.append(Path(value))
+
+    walk(cfg.get("data") or {})
+    init_from = (cfg.get("train") or {}).get("init_from")
+    if isinstance(init_from, (str, os.PathLike)) and init_from and os.path.exists(init_from):
+        found.append(Path(init_from))
+    return found

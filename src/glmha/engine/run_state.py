@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..io.files import atomic_write
+from ..io.folders import remove_own_temporaries
 from ..models.checkpoint import CheckpointError, save_weights
 from .config import ConfigError
 
@@ -177,8 +178,5 @@ def run_lock(output_dir: Path):
 
 
 def remove_stale_temporaries(output_dir: Path) -> list[Path]:
-    """Delete the temporary files (``.<name>.*.tmp``) a killed run left in its folder; call with the lock held."""
-    stale = [p for folder in (output_dir, output_dir / "checkpoints") for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    """Delete the temporary files a killed run left in its folder (only this package's names); call with the lock held."""
+    return remove_own_temporaries(output_dir, ["checkpoints"])

@@ -34,9 +34,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..io.files import atomic_write
+from ..io.folders import claim_folder, folder_kind
 from ..models.checkpoint import CheckpointError, load_checkpoint, save_weights
 from .batches import _loader, _to_device, batch_generator, mixup, prepare_batch, random_window
-from .config import ConfigError, load_config
+from .config import ConfigError, input_paths, load_config
 from .distributed import DistributedContext, init_distributed
 from .run_log import TrainingInterrupted, _run_log, one_line, stop_on_signals
 from .run_state import (RunFolderError, _has_checkpoints, _resume_mode, _rng_state, _save_checkpoint, _set_rng_state, config_differences,
@@ -62,6 +63,15 @@ def validate(model: nn.Module, task, dataset, device: torch.device, precision: s
         count += 1
     model.train(was_training)
     return {name: total / max(count, 1) for name, total in totals.items()}
+
+
+def _same_file(path: Path, other: Any) -> bool:
+    if other is None or isinstance(other, Mapping):
+        return False
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def train(
@@ -111,13 +121,18 @@ def train(
     ctx = init_distributed(device)
     try:
         with contextlib.ExitStack() as stack:
-            return _train(cfg, settings, task, output_dir, seed, ctx, mode, max_steps, time_budget_s, model, stack)
+            if ctx.is_main:  # before anything is read or written: a folder of something else is refused as it is
+                inputs = input_paths(cfg, config)
+                if _same_file(output_dir / "config.yaml", config) and (folder_kind(output_dir) == "train" or (output_dir / "checkpoints").is_dir()):
+                    inputs = inputs[1:]  # a run resumed from its own config.yaml
+                claim_folder(output_dir, "train", inputs=inputs, legacy=("checkpoints", "train.log"), option="output_dir")
+            return _train(cfg, settings, task, output_dir, seed, ctx, mode, max_steps, time_budget_s, model, stack, config)
     finally:
         ctx.close()
 
 
 def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx: DistributedContext, mode: str, max_steps, time_budget_s,
-           model: nn.Module | None, stack: contextlib.ExitStack) -> TrainResult:
+           model: nn.Module | None, stack: contextlib.ExitStack, config: Any = None) -> TrainResult:
     torch.manual_seed(seed)  # same initial weights on every rank
     random.seed(seed)
     np.random.seed(seed)
@@ -145,10 +160,15 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
         remove_stale_temporaries(output_dir)
     log = stack.enter_context(_run_log(output_dir / "train.log" if ctx.is_main else None))
     log.header(cfg, device)
-    if mode == "never" and _has_checkpoints(output_dir):
-        raise RunFolderError(f"{output_dir} already holds checkpoints and --resume never starts afresh; "
+    trained = [name for name in ("model.safetensors", "best.safetensors") if (output_dir / name).exists()]
+    if mode == "never" and (_has_checkpoints(output_dir) or trained):
+        held = "checkpoints" if _has_checkpoints(output_dir) else " and ".join(trained)
+        raise RunFolderError(f"{output_dir} already holds {held} and --resume never starts afresh without replacing anything; "
                              "choose another --output-dir (or continue this run with --resume auto)")
     found = latest_checkpoint(output_dir) if mode != "never" else None
+    if not found and trained:
+        raise RunFolderError(f"{output_dir} holds trained weights ({' and '.join(trained)}) but no checkpoint to resume from; "
+                             "they were left as they are: choose another --output-dir")
     if found:
         weights, state_path = found
         state = read_training_state(state_path)
@@ -184,7 +204,8 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
             atomic_write(output_dir / "init_from.json", lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1) + "\n"))
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(output_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+        if not _same_file(output_dir / "config.yaml", config):  # resuming from the run's own config: it is an input
+            atomic_write(output_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False)))
 
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.world_size > 1 else model
     writer = None

@@ -305,7 +305,7 @@ def read_opencv(path: Path, flags: int, quiet: bool = False) -> np.ndarray | Non
     import cv2
 
     try:
-        array = cv2.imread(str(path), flags)
+        array = opencv_decode(path, flags)
     except cv2.error as err:
         array = None
         reason = str(err).strip().splitlines()[-1]
@@ -318,6 +318,22 @@ def read_opencv(path: Path, flags: int, quiet: bool = False) -> np.ndarray | Non
     if array.ndim == 3 and array.shape[-1] >= 3:
         array = array[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
     return np.ascontiguousarray(array)
+
+
+def opencv_decode(path: str | os.PathLike, flags: int) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` (BGR order, None if it cannot decode) for a file name in any bytes.
+
+    OpenCV takes file names as UTF-8 text and crashes on names that are not (a byte 0xff, which
+    Python keeps as a surrogate): the bytes are read by Python and decoded from memory instead,
+    which gives the same array as ``cv2.imread``.
+    """
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise InputError(f"cannot read image {path}: {err.strerror or err}") from None
+    return cv2.imdecode(data, flags) if data.size else None
 
 
 def _read_npy_image(path: Path) -> np.ndarray:
