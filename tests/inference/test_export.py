@@ -70,5 +70,5 @@ def test_export_command(tmp_path, capsys):
         loaded = torch.jit.load(str(tmp_path / "m.pt"))
     x = torch.rand(1, 3, 21, 30)
     torch.testing.assert_close(loaded(x), glmha.restore(glmha.load_model(checkpoint), x), rtol=0, atol=1e-5)
-    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.pt"), "--size", "4", "4"]) == 1
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "m4.pt"), "--size", "4", "4"]) == 1
     assert "--size must be at least 8" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from ..attention.convert import swap_layer_attentions
 from ..attention.registry import FAMILIES, get_attention_class, list_attentions
 from ..io.files import atomic_write
+from ..io.folders import claim_folder
 from ..inference.tiling import pad_to_multiple
 
 SPECTRA = ("singular", "eigen")
@@ -378,6 +379,7 @@ def analyse_attention(
     multiple as :func:`glmha.restore` does), or a tuple of forward inputs used as they are
     (e.g. a CASSI measurement and mask).
     """
+    output_dir = claim_folder(output_dir, "rank", legacy=("ranks.json",))  # before the work: a user's folder is refused as it is
     device = next(model.parameters()).device
     multiple = int(getattr(model, "size_multiple", 1))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,15 +42,24 @@ def engine_errors() -> tuple[type[BaseException], ...]:
 
 
 # --------------------------------------------------------------------------- checks before work starts
-def check_output_file(path: str, option: str) -> None:
-    """Refuse, before any work, an output file that cannot be written: a folder, or in a folder that cannot be written."""
+def check_output_file(path: str, option: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
+    """Refuse, before any work, an output file that cannot or may not be written.
+
+    Refused: a folder; a file in a folder that cannot be written; one of the command's
+    ``inputs`` (or a file inside an input folder), even with ``overwrite``; an existing file
+    unless ``overwrite``.
+    """
     from pathlib import Path
 
+    from ..io.folders import check_not_input
     from ..io.images import prepare_output_dir
 
     target = Path(path)
     if target.is_dir():
         raise CommandError(f"{option} {path} is a folder; give a file name")
+    check_not_input(target, inputs, option)
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise CommandError(f"{option} {path} exists already; pass --overwrite to replace it")
     prepare_output_dir(target.parent if str(target.parent) else ".")
 
 

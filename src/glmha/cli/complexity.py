@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sweep", action="store_true", help="instead: one attention layer's cost against C and N")
     parser.add_argument("--plot", default=None, help="PNG of the sweep, with --sweep (default: complexity_sweep.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
     parser.add_argument("--sweep-pixels", type=int, default=64 * 64, help="N while C varies (default: %(default)s)")
     parser.add_argument("--sweep-dim", type=int, default=48, help="C while N varies (default: %(default)s)")
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
         args.plot = args.plot or "complexity_sweep.png"
         if args.sweep_pixels < 1 or args.sweep_dim < 1:
             raise CommandError("--sweep-pixels and --sweep-dim must be positive")
-        check_output_file(args.plot, "--plot")
+        check_output_file(args.plot, "--plot", overwrite=args.overwrite)
         sweepable = [a for a in attentions if a in list_attentions("mdta")]
         rows = attention_sweep(sweepable, fixed_pixels=args.sweep_pixels, fixed_dim=args.sweep_dim)
         print(format_sweep(rows))

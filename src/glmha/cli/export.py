@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="the file to write, e.g. model.onnx or model.pt")
     parser.add_argument("--size", nargs=2, type=int, default=(64, 64), metavar=("H", "W"),
                         help="the example input's size (default: 64 64); the file takes any size")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or newer (default: the exporter's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -28,14 +29,21 @@ def run(args: argparse.Namespace) -> None:
 
     if args.device != "cpu":
         raise CommandError("export runs on the CPU (the file runs anywhere); leave out --device")
-    check_output_file(args.output, "--output")
+    from ..inference.export import check_opset
+
+    check_output_file(args.output, "--output", inputs=[args.checkpoint], overwrite=args.overwrite)
+    if args.opset is not None:
+        try:
+            check_opset(args.opset, args.format)
+        except ValueError as err:
+            raise CommandError(f"--opset: {err}") from None
     model = model_from_args(args)
     try:
         sizes = export_sizes(model, *args.size)
     except ValueError as err:  # "size must be at least ...": the option is --size
         raise CommandError(f"--{err}") from None
     try:
-        result = export_model(model, args.output, args.format, sizes=sizes, opset=args.opset)
+        result = export_model(model, args.output, args.format, sizes=sizes, opset=args.opset, overwrite=args.overwrite)
     except (RuntimeError, ValueError, NotImplementedError, ImportError) as err:  # the exporters' errors (torch.onnx's are RuntimeErrors)
         raise CommandError(f"export to {args.format} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     checked = " and ".join(f"{h}x{w}" for h, w in result.checked_sizes)

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grayscale", action="store_true", help="gaussian_denoising: read both as grey images (the grey denoising script)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="dpdd: 16 for the dual-pixel (16-bit) data (default: 8)")
     parser.add_argument("--per-image", action="store_true", help="print every image's row")
-    parser.add_argument("--output", default=None, help="also write the rows to this CSV file")
+    parser.add_argument("--output", default=None, help="also write the rows to this CSV file (not among the scored files)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists (never a scored file)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -34,11 +35,11 @@ def run(args: argparse.Namespace) -> None:
 
     restored = args.restored[0] if len(args.restored) == 1 else args.restored
     if args.output:
-        check_output_file(args.output, "--output")
+        check_output_file(args.output, "--output", inputs=[*args.restored, *([args.target] if args.target else [])], overwrite=args.overwrite)
     try:
         rows, mean = score_files(args.protocol, restored, args.target, args.grayscale, args.bit_depth)
     except (DatasetError, ValueError, KeyError, OSError) as err:
         raise CommandError(error_message(err)) from None
     print(format_markdown((rows if args.per_image else []) + [mean]))
     if args.output:
-        print(f"written: {write_csv(args.output, rows + [mean])}")
+        print(f"written: {write_csv(args.output, rows + [mean], replace=args.overwrite)}")

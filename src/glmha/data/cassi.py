@@ -93,6 +93,11 @@ def load_mask(path: str | os.PathLike, key: str = "mask") -> torch.Tensor:
         raise ValueError(f"{path}: the coded aperture holds {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
     if not array.any():
         raise ValueError(f"{path}: the coded aperture is all zeros (no light passes it)")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1 + 1e-6:  # a transmittance: 0 (blocked) to 1 (open)
+        hint = "; divide a 0..255 mask by 255" if high > 1 else ""
+        raise ValueError(f"{path}: the coded aperture holds values from {low:g} to {high:g}; a mask is a transmittance "
+                         f"in [0, 1]{hint}")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 

@@ -29,10 +29,11 @@ from torch import nn
 from ..data.restoration import DNDImages
 from ..inference.ensemble import check_ensemble
 from ..io.files import atomic_write
+from ..io.folders import claim_folder
 from ..metrics.protocols import get_protocol
 from ..models.checkpoint import CheckpointError, load_checkpoint
 from .batches import _to_device
-from .config import ConfigError, load_config
+from .config import ConfigError, input_paths, load_config
 from .outputs import OfficialOutputs
 from .run_state import latest_checkpoint
 from .settings import _autocast, build_model
@@ -178,7 +179,9 @@ def evaluate(
             get_protocol(protocol)
         except ValueError as err:
             raise ConfigError(f"data.test.{name}.protocol: {err}") from None
+    inputs = input_paths(cfg, config) + [Path(c) for c in (checkpoint, options.get("checkpoint")) if isinstance(c, (str, os.PathLike)) and os.path.isfile(c)]
     _check_writable(out)
+    claim_folder(out, "evaluate", inputs=inputs, legacy=("results.csv", "results.md"), option="output_dir")
 
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = "the given model"
@@ -254,14 +257,14 @@ def _mean_row(name: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"set": name, "images": len(rows), **{m: float(np.mean([r[m] for r in rows])) for m in metric_names}}
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Rows (dicts) to a CSV file, written atomically; the columns are every key, in order of appearance."""
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], replace: bool = True) -> Path:
+    """Rows (dicts) to a CSV file, written atomically (``replace=False``: never over an existing file); the columns are every key, in order of appearance."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()), replace=replace)
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

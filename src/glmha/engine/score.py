@@ -62,6 +62,15 @@ def _pair_by_stem(restored: list[Path], targets: list[Path]) -> list[tuple[Path,
     return [(p, by_stem[p.stem]) for p in restored]
 
 
+def _finite(array: np.ndarray, path: str | os.PathLike, name: str) -> np.ndarray:
+    """Refuse NaN or infinite values: the metrics would report numbers computed from them."""
+    array = np.asarray(array)
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise DatasetError(f"{path}: {name!r} holds {int((~np.isfinite(array)).sum())} NaN or infinite value(s); "
+                           "scores of such data mean nothing, so none were computed")
+    return array
+
+
 def score_files(protocol: str, restored: str | os.PathLike | Sequence[str | os.PathLike], target: str | os.PathLike | None = None,
                 grayscale: bool = False, bit_depth: int = 8, border: int = 128) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score restored files with an official protocol; returns (per-image rows, mean row)."""
@@ -87,8 +96,8 @@ def score_files(protocol: str, restored: str | os.PathLike | Sequence[str | os.P
 
         if target is None:
             raise DatasetError("the sidd protocol needs ValidationGtBlocksSrgb.mat (target)")
-        denoised = read_mat_array(_files(restored, (".mat",))[0], "Idenoised")
-        gt = read_mat_array(target, "ValidationGtBlocksSrgb")
+        denoised = _finite(read_mat_array(_files(restored, (".mat",))[0], "Idenoised"), _files(restored, (".mat",))[0], "Idenoised")
+        gt = _finite(read_mat_array(target, "ValidationGtBlocksSrgb"), target, "ValidationGtBlocksSrgb")
         if denoised.shape != gt.shape:
             raise DatasetError(f"Idenoised is {denoised.shape}, the ground truth {gt.shape}")
         for i in range(gt.shape[0]):
@@ -98,7 +107,7 @@ def score_files(protocol: str, restored: str | os.PathLike | Sequence[str | os.P
         from ..data.restoration import read_mat_array
 
         path = _files(restored, (".mat",))[0]
-        pred, truth = read_mat_array(path, "pred"), read_mat_array(path, "truth")
+        pred, truth = _finite(read_mat_array(path, "pred"), path, "pred"), _finite(read_mat_array(path, "truth"), path, "truth")
         if pred.shape != truth.shape or pred.ndim != 4:
             raise DatasetError(f"{path}: pred {pred.shape} and truth {truth.shape} must be N x H x W x bands")
         rows = [{"image": f"scene{i + 1:02d}", **proto.score(pred[i], truth[i])} for i in range(pred.shape[0])]
@@ -108,7 +117,8 @@ def score_files(protocol: str, restored: str | os.PathLike | Sequence[str | os.P
         if target is None:
             raise DatasetError("the ntire2022 protocol needs the ground-truth cubes (target)")
         for pred_path, target_path in _pair_by_stem(_files(restored, (".mat",)), _files(target, (".mat",))):
-            rows.append({"image": pred_path.name, **proto.score(read_mat(pred_path, "cube"), read_mat(target_path, "cube"), border)})
+            rows.append({"image": pred_path.name, **proto.score(_finite(read_mat(pred_path, "cube"), pred_path, "cube"),
+                                                                _finite(read_mat(target_path, "cube"), target_path, "cube"), border)})
     else:
         raise DatasetError(f"the {protocol} protocol has no files to score (its benchmark scores submissions online)")
     mean = {"image": f"mean of {len(rows)}", **{m: float(np.mean([r[m] for r in rows])) for m in proto.metrics}}

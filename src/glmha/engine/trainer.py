@@ -158,8 +158,7 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     if ctx.is_main:
         stack.enter_context(run_lock(output_dir))
         remove_stale_temporaries(output_dir)
-    log = stack.enter_context(_run_log(output_dir / "train.log" if ctx.is_main else None))
-    log.header(cfg, device)
+    # before the log is opened: a refused folder is left exactly as it was
     trained = [name for name in ("model.safetensors", "best.safetensors") if (output_dir / name).exists()]
     if mode == "never" and (_has_checkpoints(output_dir) or trained):
         held = "checkpoints" if _has_checkpoints(output_dir) else " and ".join(trained)
@@ -169,6 +168,8 @@ def _train(cfg, settings: TrainSettings, task, output_dir: Path, seed: int, ctx:
     if not found and trained:
         raise RunFolderError(f"{output_dir} holds trained weights ({' and '.join(trained)}) but no checkpoint to resume from; "
                              "they were left as they are: choose another --output-dir")
+    log = stack.enter_context(_run_log(output_dir / "train.log" if ctx.is_main else None))
+    log.header(cfg, device)
     if found:
         weights, state_path = found
         state = read_training_state(state_path)

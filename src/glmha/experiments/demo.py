@@ -35,6 +35,7 @@ from .._version import __version__
 from ..analysis.eigen import analyse_attention
 from ..models.checkpoint import load_checkpoint
 from ..io.files import atomic_write
+from ..io.folders import claim_folder
 from .tasks import DemoTask, ModelResult
 
 
@@ -368,6 +369,7 @@ def _run_demo(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
     settings = BUDGETS[budget]
+    claim_folder(output_dir, "demo", legacy=("results.json",))  # never a study's or a user's folder: the demo replaces its runs
     start = time.monotonic()
     figures_dir = output_dir / "figures"
     all_tasks = available_tasks(settings, seed)

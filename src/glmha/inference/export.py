@@ -100,15 +100,21 @@ def export_model(
     fmt: str = "onnx",
     sizes: tuple[tuple[int, int], ...] = ((64, 64), (48, 80)),
     opset: int | None = None,
+    *,
+    overwrite: bool = True,
 ) -> ExportResult:
     """Write ``model`` as ``fmt`` (``"onnx"`` or ``"torchscript"``) with dynamic H and W, atomically.
 
     The first of ``sizes`` is the example input the export traces; the file is then run at
     every size (onnxruntime for ONNX, when installed; ``torch.jit.load`` for TorchScript) and
-    compared with the PyTorch model. Returns the largest absolute difference seen.
+    compared with the PyTorch model. Returns the largest absolute difference seen. ``opset``
+    (ONNX only) is honoured or refused (:func:`check_opset`), never silently replaced; with
+    ``overwrite=False`` an existing ``path`` is never replaced.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if opset is not None:
+        check_opset(opset, fmt)
     module, mask_guided = _exportable(model)
     example = _example(module, mask_guided, *sizes[0])
     names = ["x", "mask"] if mask_guided else ["x"]
@@ -130,9 +136,41 @@ def export_model(
                 traced = torch.jit.trace(module, example, check_trace=False)
                 torch.jit.save(traced, tmp)
 
-    atomic_write(path, write)
+    def write_checked(tmp: str) -> None:
+        write(tmp)
+        if fmt == "onnx" and opset is not None:
+            written = _onnx_opset(tmp)
+            if written != opset:  # the exporter converts to its own opset where it cannot write the one asked for
+                raise ValueError(f"the exporter wrote ONNX opset {written}, not the requested {opset}; choose --opset {written} "
+                                 "or leave --opset out")
+
+    atomic_write(path, write_checked, replace=overwrite)
     diff = check_export(module, path, fmt, mask_guided, sizes)
     return ExportResult(path, fmt, list(sizes), diff)
+
+
+# The first opset torch.onnx's exporter (dynamo=True) writes; older ones it converts up to this.
+MIN_ONNX_OPSET = 18
+
+
+def check_opset(opset: int, fmt: str = "onnx") -> None:
+    """Refuse an ONNX opset the exporter cannot write (:class:`ValueError` saying which it can)."""
+    if fmt != "onnx":
+        raise ValueError(f"an opset applies to ONNX files only, not {fmt}; leave it out")
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx package: pip install 'glmha[export]'") from None
+    newest = int(onnx.defs.onnx_opset_version())
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_ONNX_OPSET <= opset <= newest:
+        raise ValueError(f"ONNX opset {opset} cannot be written: this exporter writes opsets {MIN_ONNX_OPSET} to {newest}")
+
+
+def _onnx_opset(path: str | os.PathLike) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def check_export(module: nn.Module, path: Path, fmt: str, mask_guided: bool, sizes) -> float | None:

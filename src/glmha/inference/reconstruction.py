@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.files import atomic_write
+from ..io.files import atomic_write, claim_outputs
 from ..validation import InputError, error_message
 
 log = logging.getLogger(__name__)
@@ -187,15 +187,17 @@ def read_cassi_input(path: str | os.PathLike, key: str | None = None) -> np.ndar
     return array
 
 
-def _plan(paths: list[Path], output_dir: str | os.PathLike, fmt: str, bands: int, preview: bool, overwrite: bool) -> tuple[Path, dict[Path, str]]:
-    """The checked output folder and each input's output name (see :func:`glmha.io.images.plan_outputs`)."""
+def _plan(paths: list[Path], output_dir: str | os.PathLike, fmt: str, bands: int, preview: bool, overwrite: bool
+          ) -> tuple[Path, dict[Path, str], list[Path]]:
+    """The checked output folder, each input's output name (see :func:`glmha.io.images.plan_outputs`) and the files to claim."""
     from ..io.images import plan_outputs, prepare_output_dir
 
     if fmt not in CUBE_FORMATS:
         raise InputError(f"cube format must be one of {CUBE_FORMATS}, got {fmt!r}")
     suffixes = [f".{fmt}"] + ([".json"] if fmt == "npy" and band_wavelengths(bands) else []) + (["_srgb.png", "_bands.png"] if preview else [])
     output_dir = prepare_output_dir(output_dir)
-    return output_dir, dict(zip(paths, plan_outputs(paths, output_dir, suffixes, overwrite)))
+    names = plan_outputs(paths, output_dir, suffixes, overwrite)
+    return output_dir, dict(zip(paths, names)), [output_dir / f"{name}{suffix}" for name in names for suffix in suffixes]
 
 
 @torch.no_grad()
@@ -240,21 +242,22 @@ def reconstruct_rgb_files(
     bands = int(getattr(model, "out_channels", 0) or 0)
     wavelengths = band_wavelengths(bands)
     paths = list(paths)
-    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
+    output_dir, names, claims = _plan(paths, output_dir, fmt, bands, preview, overwrite)
     cost = activation_cost(model) if tile == "auto" else None
     if tile == "auto":
         max_memory = max_memory or default_memory_budget(next(model.parameters()).device)
     written, failed = [], []
-    for path in tqdm(paths, desc="reconstructing", unit="image", disable=not progress):
-        try:
-            rgb = torch.from_numpy(read_rgb(path, normalize="minmax", read_depth=read_depth))[None]
-            cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress,
-                           cost=cost, ensemble=ensemble, tile_mode=tile_mode)
-            check_finite_output(cube, path)
-        except (ValueError, FileNotFoundError) as err:  # InputError included
-            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
-            continue
-        written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, wavelengths, preview))
+    with claim_outputs(claims):  # a second writer into these names stops here
+        for path in tqdm(paths, desc="reconstructing", unit="image", disable=not progress):
+            try:
+                rgb = torch.from_numpy(read_rgb(path, normalize="minmax", read_depth=read_depth))[None]
+                cube = restore(model, rgb, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision, progress=progress,
+                               cost=cost, ensemble=ensemble, tile_mode=tile_mode)
+                check_finite_output(cube, path)
+            except (ValueError, FileNotFoundError) as err:  # InputError included
+                failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+                continue
+            written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, wavelengths, preview))
     return written, failed
 
 
@@ -333,18 +336,19 @@ def reconstruct_cassi_files(
     device = next(model.parameters()).device
     phi = mask_input(mask_3d(mask, bands).to(device), "Phi", step)
     paths = list(paths)
-    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
+    output_dir, names, claims = _plan(paths, output_dir, fmt, bands, preview, overwrite)
     written, failed = [], []
-    for path, data in _measurements(paths, mask, bands, step, key, device, failed, progress):
-        x = shift_back(data[None] / bands * 2, bands=bands, step=step)
-        with precision_context(precision, device):
-            cube = model(x, phi).float()
-        try:
-            check_finite_output(cube, path)
-        except InputError as err:
-            failed.append(str(err))
-            continue
-        written.append(write_cube_outputs(output_dir, names[path], cube, fmt, band_wavelengths(bands), preview))
+    with claim_outputs(claims):  # a second writer into these names stops here
+        for path, data in _measurements(paths, mask, bands, step, key, device, failed, progress):
+            x = shift_back(data[None] / bands * 2, bands=bands, step=step)
+            with precision_context(precision, device):
+                cube = model(x, phi).float()
+            try:
+                check_finite_output(cube, path)
+            except InputError as err:
+                failed.append(str(err))
+                continue
+            written.append(write_cube_outputs(output_dir, names[path], cube, fmt, band_wavelengths(bands), preview))
     return written, failed
 
 
@@ -378,17 +382,18 @@ def reconstruct_real_cassi_files(
     device = next(model.parameters()).device
     bands = int(model.bands)
     paths = list(paths)
-    output_dir, names = _plan(paths, output_dir, fmt, bands, preview, overwrite)
+    output_dir, names, claims = _plan(paths, output_dir, fmt, bands, preview, overwrite)
     written, failed = [], []
-    for path, data in _measurements(paths, mask, bands, int(model.step), key, device, failed, progress):
-        try:
-            with precision_context(precision, device):
-                cube = model(normalize_real_measurement(data)[None]).float()
-            check_finite_output(cube, path)
-        except ValueError as err:  # InputError included: a measurement the model cannot take
-            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
-            continue
-        written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, band_wavelengths(bands), preview))
+    with claim_outputs(claims):  # a second writer into these names stops here
+        for path, data in _measurements(paths, mask, bands, int(model.step), key, device, failed, progress):
+            try:
+                with precision_context(precision, device):
+                    cube = model(normalize_real_measurement(data)[None]).float()
+                check_finite_output(cube, path)
+            except ValueError as err:  # InputError included: a measurement the model cannot take
+                failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+                continue
+            written.append(write_cube_outputs(output_dir, names[path], cube.clamp(0, 1), fmt, band_wavelengths(bands), preview))
     return written, failed
 
 

@@ -19,6 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..io.files import OutputExistsError, claim_outputs
 from ..validation import InputError, check_finite_output, check_image_batch
 from .ensemble import check_ensemble, self_ensemble
 from .memory import ActivationCost, activation_cost, default_memory_budget
@@ -184,20 +185,24 @@ def restore_files(
     else:
         cost = None
     written, failed = [], []
-    for path, name in tqdm(list(zip(paths, names)), desc="restoring", unit="image", disable=not progress):
-        try:
-            if dual_pixel:
-                if not isinstance(path, tuple):
-                    raise InputError(f"{path}: the dual-pixel model takes left/right view pairs")
-                image, depth = read_dual_pixel_pair(*path)
-                path = Path(path[0])
-            else:
-                image, depth = read_image_and_depth(path, channels, grey_conversion, read_depth)
-            output = restore(model, image, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision,
-                             progress=progress, cost=cost, tile_mode=tile_mode, ensemble=ensemble)
-            check_finite_output(output, path)
-        except InputError as err:
-            failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
-            continue
-        written.append(write_png(output_dir / f"{name}.png", output, bit_depth or depth))
+    with claim_outputs([output_dir / f"{name}.png" for name in names]):  # a second writer into these names stops here
+        for path, name in tqdm(list(zip(paths, names)), desc="restoring", unit="image", disable=not progress):
+            try:
+                if dual_pixel:
+                    if not isinstance(path, tuple):
+                        raise InputError(f"{path}: the dual-pixel model takes left/right view pairs")
+                    image, depth = read_dual_pixel_pair(*path)
+                    path = Path(path[0])
+                else:
+                    image, depth = read_image_and_depth(path, channels, grey_conversion, read_depth)
+                output = restore(model, image, tile=tile, overlap=overlap, max_memory=max_memory, precision=precision,
+                                 progress=progress, cost=cost, tile_mode=tile_mode, ensemble=ensemble)
+                check_finite_output(output, path)
+            except OutputExistsError:
+                raise
+            except InputError as err:
+                failed.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+                continue
+            # without overwrite, only created: a file another process wrote meanwhile stops the run, unreplaced
+            written.append(write_png(output_dir / f"{name}.png", output, bit_depth or depth, replace=overwrite))
     return written, failed

@@ -20,7 +20,8 @@ from .files import atomic_write, is_claim, is_temporary
 MARKER = ".glmha-folder.json"
 LOCK = ".lock"
 # The kinds of folders, as users know them.
-KINDS = {"train": "training run", "evaluate": "evaluation", "demo": "demo", "study": "study", "distill": "distillation"}
+KINDS = {"train": "training run", "evaluate": "evaluation", "demo": "demo", "study": "study", "distill": "distillation",
+         "rank": "rank analysis"}
 
 
 class FolderError(InputError):

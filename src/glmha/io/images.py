@@ -247,6 +247,11 @@ def decode_image(path: str | os.PathLike, decoder: str = "pillow", bit_depth: in
 
 
 def _decode_opened(path: Path, image, decoder: str, bit_depth: int | None, grey: bool) -> np.ndarray:
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1 and image.format != "MPO":  # a camera's MPO JPEG holds the photo first and previews after it
+        raise InputError(f"{path} holds {frames} frames ({image.format}, animated or multi-page); one image per file is read, "
+                         "not its first frame alone: split it into one file per frame first "
+                         "(e.g. `ffmpeg -i name.gif name_f%03d.png`, or `tiffsplit` for multi-page TIFF)")
     mode = image.mode
     if mode not in READABLE_MODES:
         raise InputError(f"{path}: unsupported image mode {mode!r} ({image.format}); readable modes: {', '.join(READABLE_MODES)}")
@@ -443,8 +448,8 @@ def quantize(image: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray, bit_depth: int = 8) -> Path:
-    """Write a [0, 1] tensor (or a uint8 / uint16 array) as an 8- or 16-bit PNG, atomically."""
+def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray, bit_depth: int = 8, replace: bool = True) -> Path:
+    """Write a [0, 1] tensor (or a uint8 / uint16 array) as an 8- or 16-bit PNG, atomically (``replace=False``: never over an existing file)."""
     array = image if isinstance(image, np.ndarray) else quantize(image, bit_depth)
     if array.dtype == np.uint16:
         import png
@@ -457,10 +462,10 @@ def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray, bit_dep
             with open(tmp, "wb") as f:
                 writer.write(f, rows)
 
-        return atomic_write(path, save)
+        return atomic_write(path, save, replace=replace)
     from PIL import Image
 
-    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), replace=replace)
 
 
 def builtin_photographs(count: int = 4, size: int = 128, channels: int = 3) -> list[torch.Tensor]:
@@ -501,11 +506,14 @@ def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
 def plan_outputs(
     inputs: Sequence[Path | tuple[Path, ...]], output_dir: Path, suffixes: Sequence[str], overwrite: bool = False
 ) -> list[str]:
-    """The output name (a stem) of each input, distinct even for inputs of the same stem (``a``, ``a_2``).
+    """The output name (the stem) of each input.
 
-    Each input writes ``<output_dir>/<name><suffix>`` for every suffix. Refuses
-    (:class:`InputError`) when one of those files is one of the inputs (the same path, or the
-    same file through a link), and, unless ``overwrite``, when any of them exists already.
+    Each input writes ``<output_dir>/<stem><suffix>`` for every suffix. Refuses
+    (:class:`InputError`) inputs whose outputs would have the same name (``a.jpg`` and
+    ``a.png``, or ``a.png`` of two folders), naming them: renaming one silently would make
+    ``a.png`` the output of another input. Refuses too when one of the outputs is one of
+    the inputs (the same path, or the same file through a link), and, unless ``overwrite``,
+    when any of them exists already.
     """
     sources = [Path(p) for item in inputs for p in (item if isinstance(item, tuple) else (item,))]
     resolved = {p.resolve(): p for p in sources}
@@ -514,14 +522,14 @@ def plan_outputs(
         with contextlib.suppress(OSError):
             info = os.stat(p)
             inodes[(info.st_dev, info.st_ino)] = p
-    names, used, existing = [], set(), []
+    names, used, existing = [], {}, []
     for item in inputs:
-        stem = Path(item[0] if isinstance(item, tuple) else item).stem
-        name, n = stem, 1
-        while name in used:
-            n += 1
-            name = f"{stem}_{n}"
-        used.add(name)
+        first = Path(item[0] if isinstance(item, tuple) else item)
+        name = first.stem
+        if name.casefold() in used:  # case-insensitive file systems (macOS, Windows) would merge A.png and a.png
+            raise InputError(f"the inputs {used[name.casefold()]} and {first} would both be written to {output_dir / (name + suffixes[0])}; "
+                             "rename one, or run them into separate output folders")
+        used[name.casefold()] = first
         names.append(name)
         for suffix in suffixes:
             out = output_dir / f"{name}{suffix}"
