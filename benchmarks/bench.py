@@ -18,7 +18,7 @@ with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks leave at once).
 
 Examples::
 
-    python benchmarks/bench.py --quick
+    python benchmarks/bench.py --quick                  # small models and sizes, no compile: under 2 minutes on 2 cores
     python benchmarks/bench.py --device cuda            # bf16 autocast by default on CUDA
     python benchmarks/bench.py --sections models --models restormer@3x256x256 --train none
 """
@@ -41,9 +41,20 @@ from workloads import Settings, count_macs, forward_fn, layer_heads, parse_model
 FULL_CHANNELS = [32, 48, 96, 192, 384]
 FULL_SIDES = [64, 128, 256, 512]
 QUICK_CHANNELS = [48, 96]
-QUICK_SIDES = [64, 128]
+QUICK_SIDES = [64, 96]
 FULL_MODELS = ["restormer@3x256x256", "restormer@3x512x512", "mst_plus_plus@3x482x512", "mst_l@28x256x256"]
-QUICK_MODELS = ["restormer@3x128x128", "mst_plus_plus@3x128x128"]
+# --quick: small models (the demo's sizes), forward only for whole models, the fast path without
+# torch.compile (compiling takes minutes on a CPU), and a small tiled image: every section and
+# every side-by-side ratio, in under 2 minutes on a 2-core CPU. Options given explicitly win.
+QUICK_MODELS = ["restormer@3x96x96", "mst_plus_plus@3x96x96"]
+QUICK_MODEL_KWARGS = {
+    "restormer": {"dim": 16, "num_blocks": [1, 1, 2, 2], "num_refinement_blocks": 1, "ffn_expansion_factor": 2.0},
+    "mst_plus_plus": {"stage": 1},
+}
+QUICK_TILE_IMAGE = "3x192x288"
+QUICK_TILE = 128
+FULL_TILE_IMAGE = "3x2160x3840"
+FULL_TILE = 256
 
 
 # --------------------------------------------------------------------------- sections
@@ -204,7 +215,10 @@ def _count_tiles(size: int, tile: int, stride: int) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--quick", action="store_true", help=f"small sweep: C {QUICK_CHANNELS}, sides {QUICK_SIDES}, models {QUICK_MODELS}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small sweep, under 2 minutes on 2 cores: C {QUICK_CHANNELS}, sides {QUICK_SIDES}, models {QUICK_MODELS} "
+                        f"with {QUICK_MODEL_KWARGS}, --train layers, --no-compile, tiling {QUICK_TILE_IMAGE} in tiles of {QUICK_TILE} "
+                        "(options given explicitly win)"),
     p.add_argument("--sections", nargs="+", default=["layers", "models", "tiling"], choices=["layers", "models", "tiling"])
     p.add_argument("--attentions", nargs="+", default=["csa", "glmha"], help="attentions to compare (first is the reference)")
     p.add_argument("--channels", type=int, nargs="+", help=f"layer widths (default {FULL_CHANNELS})")
@@ -214,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='constructor arguments for a model, e.g. restormer=\'{"dim": 8}\' (repeatable)')
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True, help="time the fast path too (models)")
     p.add_argument("--fast-attentions", nargs="+", help="attentions to run the fast path for (default: all)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile in the fast path")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile in the fast path (default: on; off with --quick)")
     p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks", help="glmha.optimize's scope: each attention block (default) or the whole model")
-    p.add_argument("--train", choices=["all", "layers", "none"], default="all", help="time training steps for layers and models, layers only, or none")
+    p.add_argument("--train", choices=["all", "layers", "none"], default=None,
+                   help="time training steps for layers and models (all, the default), layers only (--quick's default), or none")
     p.add_argument("--autocast", choices=["none", "bfloat16", "float16"], help="default: bfloat16 on CUDA, none on CPU")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -225,12 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=["wall", "process"], default="wall", help="wall seconds, or CPU seconds of this process (CPU only)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--tile-model", default="restormer")
-    p.add_argument("--tile-image", default="3x2160x3840", help="CxHxW of the image restored with tiles")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile-image", default=None, help=f"CxHxW of the image restored with tiles (default {FULL_TILE_IMAGE}; --quick {QUICK_TILE_IMAGE})")
+    p.add_argument("--tile", type=int, default=None, help=f"tile side (default {FULL_TILE}; --quick {QUICK_TILE})")
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--output", type=Path, help="write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in what the command line left open: the full sweep's defaults, or --quick's."""
+    model_kwargs = dict(QUICK_MODEL_KWARGS) if args.quick else {}
+    for item in args.model_kwargs:
+        name, _, text = item.partition("=")
+        model_kwargs[name] = json.loads(text)
+    args.model_kwargs = model_kwargs
+    args.channels = args.channels or (QUICK_CHANNELS if args.quick else FULL_CHANNELS)
+    args.sides = args.sides or (QUICK_SIDES if args.quick else FULL_SIDES)
+    args.models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
+    args.compile = (not args.quick) if args.compile is None else args.compile
+    args.train = args.train or ("layers" if args.quick else "all")
+    args.tile_image = parse_shape(args.tile_image or (QUICK_TILE_IMAGE if args.quick else FULL_TILE_IMAGE))
+    args.tile = args.tile or (QUICK_TILE if args.quick else FULL_TILE)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,15 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --clock process only makes sense on the CPU", file=sys.stderr)
         return 2
     autocast = args.autocast or ("bfloat16" if device.type == "cuda" else "none")
-    model_kwargs = {}
-    for item in args.model_kwargs:
-        name, _, text = item.partition("=")
-        model_kwargs[name] = json.loads(text)
-    args.model_kwargs = model_kwargs
-    args.channels = args.channels or (QUICK_CHANNELS if args.quick else FULL_CHANNELS)
-    args.sides = args.sides or (QUICK_SIDES if args.quick else FULL_SIDES)
-    args.models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
-    args.tile_image = parse_shape(args.tile_image)
+    resolve_defaults(args)
     known = set(list_attentions("mdta"))
     attentions = [a for a in args.attentions if a in known]
     for missing in sorted(set(args.attentions) - known):
@@ -272,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         compile_scope=args.compile_scope,
     )
     machine = machine_description(device, torch.get_num_threads())
-    print(f"# {machine}; autocast {autocast}; clock {args.clock}; warmup {args.warmup}, repeats {args.repeats}", flush=True)
+    print(f"# {machine}; autocast {autocast}; clock {args.clock}; warmup {args.warmup}, repeats {args.repeats}; "
+          f"fast path {'with' if args.compile else 'without'} torch.compile" + (f"; model arguments {args.model_kwargs}" if args.model_kwargs else ""),
+          flush=True)
     if device.type == "cpu" and not cpu_peak_supported():
         print("note: /proc/self/clear_refs is not writable here; CPU peak memory is not measured", flush=True)
     report = {"machine": machine, "command": "python benchmarks/bench.py " + " ".join(argv), "attentions": attentions}

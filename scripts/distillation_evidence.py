@@ -63,7 +63,7 @@ def run_seed(task_name: str, seed: int, budget, args, folder: Path) -> dict[str,
     lr = config["optimizer"]["lr"]
     patch = config["train"].get("patch_size")
     distill(teacher, folder / "distilled", config["data"]["train"], task=task_name, rank_ratio=args.rank_ratio,
-            iterations=short, batch_size=budget.batch_size, patch_size=patch, lr=lr, seed=seed, device="cpu", progress=False)
+            iterations=short, batch_size=budget.batch_size, patch_size=patch, lr=lr, seed=seed, device="cpu", progress=False, keep_init=True)
     distilled = load_model(folder / "distilled", verbose=False).eval()
     student_ranks = json.loads((folder / "distilled" / "student_ranks.json").read_text())
     # the same warm start, fine-tuned on the ground truth with the task's own loss and schedule

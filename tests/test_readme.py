@@ -60,3 +60,17 @@ def test_readme_python_example_runs(index, release_files, capsys):
         assert tuple(namespace["cube"].shape) == (1, 31, 64, 64)
     if "restored" in namespace:
         assert torch.isfinite(namespace["restored"]).all()
+
+
+def test_readme_says_what_swap_attention_does_by_default():
+    """The README's words on swap_attention agree with it: init="random" by default, in place, the same model returned."""
+    import inspect
+
+    text = " ".join(README.read_text().split())
+    assert inspect.signature(glmha.swap_attention).parameters["init"].default == "random"
+    assert 'replaces the attention of any model built here in place (and returns that same model): by default (`init="random"`)' in text
+    assert "with an SVD warm start" not in text.split("## Quick start")[0]  # the old claim, as if SVD were the default
+    model = glmha.create_model("restormer", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+    before = {name for name, module in model.named_modules() if type(module).__name__ == "MDTA"}
+    assert before and glmha.swap_attention(model, "glmha") is model
+    assert {name for name, module in model.named_modules() if type(module).__name__ == "GLMHA"} == before

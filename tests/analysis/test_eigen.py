@@ -118,7 +118,7 @@ def test_rank_command_on_a_trained_model(tmp_path, capsys):
 
     # the suggested settings build working GLMHA models
     x = torch.rand(1, 3, 16, 16)
-    ratio = float(re.search(r'"rank_ratio": ([0-9.]+)', printed).group(1))
+    ratio = float(re.search(r'rank_ratio=([0-9.]+)', printed).group(1))  # glmha.swap_attention(..., rank_ratio=...)
     uniform = glmha.create_model("restormer", attention="glmha", attention_kwargs={"rank_ratio": ratio}, **TINY)
     for name, layer in attention_modules(uniform).items():
         assert layer.rank >= suggestion["ranks"][name]

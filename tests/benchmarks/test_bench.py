@@ -54,3 +54,16 @@ def test_cpu_peak_memory_sees_a_known_allocation():
     size = 64 * 2**20  # above glibc's largest mmap threshold: returned to the system when freed
     peak = timing.peak_memory(lambda: torch.ones(size // 4).sum(), torch.device("cpu"))
     assert 0.9 * size <= peak <= 1.5 * size
+
+
+def test_quick_is_small_and_explicit_options_win(bench):
+    quick = bench.resolve_defaults(bench.build_parser().parse_args(["--quick"]))
+    assert not quick.compile and quick.train == "layers"  # compiling takes minutes on a CPU; model training steps too
+    assert quick.model_kwargs["restormer"]["dim"] == 16 and quick.model_kwargs["mst_plus_plus"] == {"stage": 1}
+    assert quick.tile_image == (3, 192, 288) and quick.tile == 128
+    assert quick.channels == bench.QUICK_CHANNELS and quick.models == bench.QUICK_MODELS
+    mine = bench.resolve_defaults(bench.build_parser().parse_args(
+        ["--quick", "--compile", "--train", "all", "--model-kwargs", 'restormer={"dim": 8}', "--tile", "64"]))
+    assert mine.compile and mine.train == "all" and mine.model_kwargs["restormer"] == {"dim": 8} and mine.tile == 64
+    full = bench.resolve_defaults(bench.build_parser().parse_args([]))
+    assert full.compile and full.train == "all" and full.model_kwargs == {} and full.tile_image == (3, 2160, 3840) and full.tile == 256

@@ -122,3 +122,24 @@ def test_demo_rejects_zero_threads_and_leaves_threads_alone(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "glmha demo: error: threads must be at least 1, got 0"
     assert torch.get_num_threads() == before
+
+
+def test_report_says_what_its_numbers_rest_on(demo_report):
+    """The seed, the number of test images, that one seed decides nothing; captions name their image and its own score."""
+    md = (demo_report / "report.md").read_text()
+    record = json.loads((demo_report / "results.json").read_text())
+    n = record["test_images"]
+    assert record["seed"] == 0 and n == 2
+    assert "trained with seed 0 (one seed" in md and f"mean over the task's {n} held-out test images" in md
+    assert f"One seed on {n} test images decides nothing about which attention is better" in md and "`glmha study`" in md
+    captions = re.findall(r"^\*(.+)\*$", md, flags=re.M)
+    by = {(r["task"], r["attention"]): r for r in record["results"]}
+    deraining = next(c for c in captions if c.startswith("Deraining"))
+    assert f"test images 1 and 2 of {n} (`synthetic_deraining_000`, `synthetic_deraining_001`)" in deraining
+    assert f"mean over all {n} test images: CSA {by[('deraining', 'csa')]['metrics']['psnr']:.4f}" in deraining
+    for task in {r["task"] for r in record["results"]} - {"deraining"}:
+        bands = next(c for c in captions if "five bands" in c and c.startswith(record["tasks"][task]["title"]))
+        metric = next(iter(record["tasks"][task]["higher_is_better"]))
+        own = f"CSA {metric.upper()} {by[(task, 'csa')]['per_image'][0][metric]:.4f}"
+        assert f"test image 1 of {n} (`synthetic_scene_000`)" in bands and f"On this image {own}" in bands
+        assert f"the table's {metric.upper()} is the mean over all {n} test images: CSA {by[(task, 'csa')]['metrics'][metric]:.4f}" in bands

@@ -71,3 +71,64 @@ def test_readme_table_was_measured_on_the_data_this_code_makes():
             for tensor in data[i] if task == "rgb2hsi" else (data[i],):
                 digest.update(tensor.numpy().tobytes())
         assert digest.hexdigest() == expected, f"the built-in {task} scenes from seed {seed} changed"
+
+
+# ----------------------------------------------------------------------------- figure captions
+def _fake_results(task, batches, offsets):
+    """Two "models" whose predictions are the targets shifted by a constant; metrics computed here, per image."""
+    import torch
+
+    from glmha.experiments.tasks import ModelResult
+
+    engine_task = task.engine_task()
+    results = {}
+    for name, offset in offsets.items():
+        predictions = [(b["target"] + offset).clamp(0, 1) for b in batches]
+        per_image = [{m: float(v.float().mean()) for m, v in engine_task.metrics(p, b).items()} for p, b in zip(predictions, batches)]
+        metrics = {m: sum(s[m] for s in per_image) / len(per_image) for m in per_image[0]}
+        results[name] = ModelResult(task.name, name.lower(), 1, 1, metrics, 1.0, 1.0, 1, "", (8, 8), model=None,
+                                    predictions=[p.cpu() for p in predictions], per_image=per_image)
+    return results
+
+
+@pytest.mark.parametrize("task_name", ["deraining", "cassi"])
+def test_captions_name_their_image_and_tell_its_score_from_the_table_mean(task_name, tmp_path):
+    from glmha.experiments.demo import BUDGETS, _test_batches, available_tasks
+    from glmha.experiments.report import task_figures
+
+    budget = BUDGETS["tiny"]
+    task = next(t for t in available_tasks(budget, 0) if t.name == task_name)
+    batches = _test_batches(task)
+    results = _fake_results(task, batches, {"CSA": 0.05, "GLMHA": 0.1})
+    figures = task_figures(task, results, batches, tmp_path)
+    total = len(batches)
+    assert total == budget.test_images == 2
+    primary = next(iter(task.metrics))
+    table_means = ", ".join(f"{name} {r.metrics[primary]:.4f}" for name, r in results.items())
+    if task_name == "deraining":
+        (caption,) = [f.caption for f in figures]
+        assert f"test images 1 and 2 of {total} (`{batches[0]['name']}`, `{batches[1]['name']}`)" in caption
+        assert f"the table's PSNR is the mean over all {total} test images: {table_means}" in caption
+        return
+    bands = next(f.caption for f in figures if f.path.name == "cassi_bands.png")
+    assert f"held-out test image 1 of {total} (`{batches[0]['name']}`)" in bands
+    # the image's own PSNR, computed here for image 1, next to the table's mean over all images
+    own = ", ".join(f"{name} PSNR {r.per_image[0]['psnr']:.4f}" for name, r in results.items())
+    assert f"On this image {own}; the table's PSNR is the mean over all {total} test images: {table_means}." in bands
+    assert results["CSA"].per_image[0]["psnr"] != pytest.approx(results["CSA"].metrics["psnr"], abs=1e-4)  # two different numbers
+    for figure in figures:
+        assert f"test image 1 of {total} (`{batches[0]['name']}`)" in figure.caption
+
+
+def test_readme_figure_captions_name_the_image_and_its_numbers():
+    """The README's CASSI caption gives image 1's own PSNRs and the table's means, both from docs/demo-results.json."""
+    record = json.loads((ROOT / "docs" / "demo-results.json").read_text())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    by = {(r["task"], r["attention"]): r for r in record["results"]}
+    total = len(by[("cassi", "csa")]["per_image"])
+    caption = next(line for line in readme.split("\n\n") if line.startswith("*CASSI snapshot reconstruction"))
+    assert f"test image 1 of {total}" in caption
+    for attention in ("csa", "glmha"):
+        assert f"{by[('cassi', attention)]['per_image'][0]['psnr']:.2f} dB" in caption
+        assert f"{by[('cassi', attention)]['metrics']['psnr']:.2f}" in caption
+    assert f"test images 1 and 2 of {len(by[('deraining', 'csa')]['per_image'])}" in readme

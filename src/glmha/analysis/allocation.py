@@ -36,6 +36,23 @@ from .profile import profile
 CANDIDATE_RATIOS = tuple(k / 16 for k in range(1, 17))
 
 
+def candidate_ratios(count: int = 16) -> tuple[float, ...]:
+    """``count`` evenly spaced rank ratios ``1/count ... 1``: 16 is :data:`CANDIDATE_RATIOS`, fewer a coarser, cheaper search."""
+    if count < 1:
+        raise ValueError(f"the number of candidate ranks must be a positive integer, got {count}")
+    return tuple(k / count for k in range(1, count + 1))
+
+
+def model_runs(model: nn.Module, ratios: Sequence[float] = CANDIDATE_RATIOS, part: tuple[int, int] = (0, 1)) -> int:
+    """How many times :func:`allocate_ranks` runs ``model`` on its inputs (with ``part``: in that share
+    of the layers): once per layer and distinct candidate rank, and twice more (the layers' inputs, the reference)."""
+    from ..attention.glmha import resolve_rank
+
+    index, count = part
+    layers = [model.get_submodule(n) for n in csa_layers(model)[index::count]]
+    return 2 + sum(len({resolve_rank(m.dim, m.num_heads, rank_ratio=r) for r in ratios}) for m in layers)
+
+
 @dataclass
 class Allocation:
     """Per-layer ranks and kept tokens, the MAC saving they give and the summed per-layer output error."""
@@ -154,6 +171,10 @@ def allocate_ranks(
     macs_saving: float,
     ratios: Sequence[float] = CANDIDATE_RATIOS,
     distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    part: tuple[int, int] = (0, 1),
+    gather: Callable[[dict], list[dict]] | None = None,
 ) -> Allocation:
     """Per-layer ranks and tokens for converting the CSA ``model`` to GLMHA with at least ``macs_saving``
     (a share of the model's MACs on ``inputs[0]``) of its MACs saved, at the least output change (module doc).
@@ -161,7 +182,13 @@ def allocate_ranks(
     ``inputs``: a few of the model's inputs (tensors or tuples of forward arguments). Raises
     if even the lowest candidate ranks cannot save that much. ``distance(output, reference)``
     measures the output change (default: mean squared error; :func:`relative_squared_error`
-    suits MRAE-judged models).
+    suits MRAE-judged models). ``progress(done, total)`` is called after every run of the model
+    (:func:`model_runs` counts them), the cost of the choice.
+
+    Several processes (``torchrun``) share the work: with ``part=(index, count)`` this one
+    measures every ``count``-th layer from ``index``, and ``gather(measured)`` must return
+    every process's measurements (in any order), e.g. through ``all_gather_object``; every
+    process then returns the same allocation.
     """
     from ..attention.convert import _block_arguments
     from ..attention.glmha import resolve_rank
@@ -169,6 +196,11 @@ def allocate_ranks(
 
     if not 0 < macs_saving < 1:
         raise ValueError(f"macs_saving must be in (0, 1), got {macs_saving}")
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part}")
+    if count > 1 and gather is None:
+        raise ValueError("a part of the layers needs gather, to collect the other parts")
     distance = distance or squared_error
     batches = [x if isinstance(x, (tuple, list)) else (x,) for x in inputs]
     if not batches:
@@ -193,9 +225,13 @@ def allocate_ranks(
     most = sum(max(saved for _, saved, _ in options) for options in candidates.values())
     if most < target:
         raise ValueError(f"the lowest ranks save {most / base_macs:.1%} of the MACs, less than the {macs_saving:.1%} asked for")
+    mine = names[index::count]
+    total, done = 2 + sum(len(candidates[n]) for n in mine), 2  # capture_layer_inputs was the first run
     references = [model(*args).double() for args in batches]
+    if progress:
+        progress(done, total)
     options: dict[str, list[tuple[int, float, int, torch.Tensor]]] = {}
-    for name in names:
+    for name in mine:
         layer = model.get_submodule(name)
         orders = token_orders(layer, captured[name])
         parent, _, child = name.rpartition(".")
@@ -210,6 +246,15 @@ def allocate_ranks(
             finally:
                 setattr(holder, child, layer)
             options[name].append((rank, error, saved, tokens))
+            done += 1
+            if progress:
+                progress(done, total)
+    if gather is not None:
+        for measured in gather(options):
+            options.update(measured)
+        if set(options) != set(names):
+            raise RuntimeError(f"the processes measured {len(options)} of the {len(names)} layers; give every part to gather")
+        options = {n: options[n] for n in names}  # the same order in every process: the same ties broken alike
 
     def choose(weight: float) -> dict[str, tuple]:
         return {n: min(opts, key=lambda o: (o[1] - weight * o[2], -o[0])) for n, opts in options.items()}

@@ -411,24 +411,48 @@ def format_rank_suggestion(
     model_name: str,
     model_kwargs: dict | None = None,
     share: float | None = None,
+    load: str | None = None,
+    warm_start: bool = True,
 ) -> str:
-    """Python lines that build the GLMHA model the analysis suggests: per-layer ranks and one uniform ratio."""
+    """Python, runnable as printed, that builds the GLMHA model the analysis suggests: per-layer ranks, or one uniform ratio.
+
+    ``load`` is the expression that gives the analysed model, e.g.
+    ``glmha.load_model("deraining.pth", preset="deraining")``; without it the code builds an
+    untrained ``model_name`` with ``model_kwargs``. ``warm_start``: the analysed model is CSA in
+    every layer, so the GLMHA layers start from an SVD of its weights; otherwise (a GLMHA model
+    analysed) they start afresh, as ``init="svd"`` converts CSA only.
+    """
     spectra = report.spectra if isinstance(report, RankReport) else list(report)
     if share is None:
         share = json.loads(report.ranks_path.read_text())["share"] if isinstance(report, RankReport) else 0.95
     ranks = suggest_ranks(spectra, share)
+    ratio = uniform_rank_ratio(spectra, share)
     ranks_text = "".join(f"    {name!r}: {rank},\n" for name, rank in ranks.items())
     args = "".join(f", {key}={value!r}" for key, value in (model_kwargs or {}).items())
-    return (
-        "import glmha\n"
-        "from glmha.analysis.eigen import apply_ranks\n"
-        f"ranks = {{\n{ranks_text}}}  # GLMHA rank per layer (key/value tokens over all heads)\n"
-        f'model = glmha.create_model("{model_name}"{args})  # then load the analysed CSA weights\n'
-        'model = apply_ranks(model, ranks)  # per-layer GLMHA, warm-started by SVD of the CSA weights\n'
-        "# or one ratio for every layer, enough for each of them:\n"
-        f'model = glmha.create_model("{model_name}"{args}, attention="glmha", '
-        f'attention_kwargs={{"rank_ratio": {uniform_rank_ratio(spectra, share)}}})'
-    )
+    # apply_ranks warm-starts by SVD by default; only a model that is not CSA needs init="random"
+    apply = "apply_ranks(model, ranks)" if warm_start else 'apply_ranks(model, ranks, init="random")'
+    lines = [
+        "import glmha",
+        "from glmha.analysis.eigen import apply_ranks",
+        "",
+        f"ranks = {{\n{ranks_text}}}  # GLMHA rank per layer (key/value tokens over all heads)",
+    ]
+    if load is None:
+        lines += [
+            f'model = glmha.create_model("{model_name}"{args})  # untrained, as analysed',
+            f"model = {apply}  # per-layer GLMHA",
+            "# or one ratio for every layer, enough for each of them:",
+            f'uniform = glmha.create_model("{model_name}"{args}, attention="glmha", attention_kwargs={{"rank_ratio": {ratio}}})',
+        ]
+    else:
+        start = "warm-started by SVD of the CSA weights" if warm_start else "started afresh (the analysed model is not CSA)"
+        lines += [
+            f"model = {load}  # the analysed model",
+            f"model = {apply}  # per-layer GLMHA, {start}",
+            "# or one ratio for every layer, enough for each of them:",
+            f'uniform = glmha.swap_attention({load}, "glmha", init="{"svd" if warm_start else "random"}", rank_ratio={ratio})',
+        ]
+    return "\n".join(lines)
 
 
 def apply_ranks(model: nn.Module, ranks: dict[str, int], attention: str = "glmha", init: str = "svd", **attention_kwargs) -> nn.Module:

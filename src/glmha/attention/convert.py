@@ -1,7 +1,8 @@
-"""Swap the attention of a built model: CSA -> GLMHA (or a baseline), with an SVD warm start.
+"""Swap the attention of a built model in place: CSA -> GLMHA (or a baseline), fresh or with an SVD warm start.
 
-A trained CSA model becomes a GLMHA model whose key/value tokens are the CSA tokens that a
-truncated SVD of the CSA key/value projections ranks highest (docs/GLMHA.md, section 5), so
+By default (``init="random"``) the new attentions start as in a newly built model. With
+``init="svd"`` a trained CSA model becomes a GLMHA model whose key/value tokens are the CSA
+tokens that a truncated SVD of the CSA key/value projections ranks highest (docs/GLMHA.md, section 5), so
 it can be fine-tuned instead of trained from scratch; at full rank the converted Restormer
 computes what the CSA one does. Details of the warm start: docs/attention.md.
 """

@@ -1,8 +1,11 @@
 """The ``glmha`` command line: one sub-command per job.
 
-Each sub-command is a module of this package with ``HELP``, ``EXAMPLES``, ``add_arguments(parser)``
-declaring its arguments and ``run(args)`` calling the library, listed in ``COMMANDS``. What the
-commands share (the model options, the one-line :class:`CommandError`) is in :mod:`.common`.
+Each sub-command is a module of this package with ``HELP``, ``EXAMPLES``, ``INTERRUPTED`` (what
+Ctrl-C or SIGTERM leaves, formatted with the arguments), ``add_arguments(parser)`` declaring its
+arguments and ``run(args)`` calling the library, listed in ``COMMANDS``. Building the parser
+imports no library module (the choices are in :mod:`.choices`): ``glmha --help`` does not wait
+for PyTorch. What the commands share (the model options, the one-line :class:`CommandError`,
+the interrupt handling) is in :mod:`.common`.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from types import ModuleType
 
 from .._version import __version__
 from . import complexity, demo, distill, evaluate, export, prepare, rank, reconstruct, restore, score, study, train
-from .common import CommandError, check_device, print_error, user_errors
+from .common import CommandError, check_device, interrupted_message, print_error, sigterm_as_interrupt, user_errors
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
@@ -61,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``glmha`` with ``argv`` (default: the command line); the exit code."""
     import logging
 
-    from ..validation import error_message
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -76,18 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     handler.setLevel(logging.WARNING)
     package_log = logging.getLogger("glmha")
     package_log.addHandler(handler)
+    command = COMMANDS[args.command]
     try:
-        if isinstance(getattr(args, "device", None), str):
-            check_device(args.device)
-        COMMANDS[args.command].run(args)
+        with sigterm_as_interrupt():
+            if isinstance(getattr(args, "device", None), str):
+                check_device(args.device)
+            command.run(args)
+    # before user_errors(), whose imports would run again after an interrupt that stopped them
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM; glmha train and distill say themselves what they kept
+        print(f"glmha {args.command}: {interrupted_message(err, command.INTERRUPTED.format(**vars(args)))}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except user_errors() as err:
+        from ..validation import error_message
+
         return print_error(args.command, error_message(err))
     except OSError as err:  # files: permissions, full disks, a folder where a file was expected ...
         where = f": {err.filename}" if err.filename else ""
         return print_error(args.command, f"{err.strerror or err}{where}")
-    except KeyboardInterrupt as err:  # glmha train stops on SIGINT / SIGTERM with a checkpoint, and says so
-        print(f"glmha {args.command}: {err or 'interrupted'}", file=sys.stderr)
-        return getattr(err, "exit_code", 130)
     finally:
         package_log.removeHandler(handler)
     return 0

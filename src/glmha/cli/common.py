@@ -6,8 +6,11 @@ parser and should not wait for what only running a command needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import TYPE_CHECKING, Sequence
+import threading
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,6 +18,45 @@ if TYPE_CHECKING:
 
 class CommandError(RuntimeError):
     """A failure the user can act on: printed as one line, exit code 1."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM; ``exit_code`` is 128 + the signal number (130, 143), as a shell reports a killed program.
+
+    A KeyboardInterrupt (not an Exception) so that ``except Exception`` blocks let it through
+    and the ``finally`` blocks and atomic writes clean up as for Ctrl-C.
+    """
+
+    def __init__(self, message: str = "", exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` (exit code 143) while the block runs, as Ctrl-C raises KeyboardInterrupt.
+
+    Python's default for SIGTERM is to die at once, skipping the clean-ups that remove temporary
+    files and output claims. ``glmha train`` replaces this handler with its own while it trains
+    (a checkpoint first), and restores it afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set in the main thread
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted("", 128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(err: KeyboardInterrupt, kept: str) -> str:
+    """What to print after Ctrl-C / SIGTERM: the exception's own account (glmha train, glmha distill), else ``kept``."""
+    return str(err) or f"interrupted; {kept}"
 
 
 def print_error(command: str, message: str) -> int:
@@ -98,14 +140,14 @@ def json_argument(text: str, option: str) -> dict:
 # --------------------------------------------------------------------------- a model from arguments
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = "restormer", checkpoint_required: bool = False) -> None:
     """The options :func:`model_from_args` reads."""
-    from ..models.presets import list_presets
+    from .choices import PRESETS
 
     group = parser.add_argument_group("model (this project's checkpoints describe themselves: --checkpoint alone is enough)")
     default_text = default_model or "mst_plus_plus for RGB, mst_l with --mask"
     group.add_argument("--checkpoint", required=checkpoint_required, default=None,
                        help="weights: this project's .safetensors, a run folder of glmha train, or an official .pth")
-    group.add_argument("--preset", choices=list_presets(), default=None, metavar="PRESET",
-                       help="an official release file's settings (see the README's table): " + ", ".join(list_presets()))
+    group.add_argument("--preset", choices=PRESETS, default=None, metavar="PRESET",
+                       help="an official release file's settings (see the README's table): " + ", ".join(PRESETS))
     group.add_argument("--model", default=None, help=f"model name, for weights that do not record it (default: {default_text}); see `glmha complexity`")
     group.add_argument("--attention", default=None, help="attention of the model (default: the checkpoint's, else csa, the official one)")
     group.add_argument("--model-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"dim": 16}\'')
@@ -171,6 +213,16 @@ def model_title(model: nn.Module) -> str:
     return f"{spec.preset or spec.name} ({spec.attention}{', per-layer' if spec.layers else ''})"
 
 
+def check_model_job(model: nn.Module, command: str, *jobs: str) -> None:
+    """Refuse, before any input is read, a model whose job (:mod:`glmha.models.jobs`) is none of ``jobs``,
+    naming the command that runs it."""
+    from ..models.jobs import COMMANDS, DESCRIPTIONS, model_job
+
+    job = model_job(model)
+    if job not in jobs:
+        raise CommandError(f"{model_title(model)} {DESCRIPTIONS[job]}; use {COMMANDS[job]}, not glmha {command}")
+
+
 def grey_conversion(model: nn.Module) -> str | None:
     """How a preset's official test script turns colour files grey (None: this package's luma)."""
     from ..models.presets import get_preset
@@ -188,7 +240,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                             "a side in pixels (rounded to the model's multiple); or none: always whole")
     group.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels (default: 32)")
     group.add_argument("--max-memory", default=None, metavar="SIZE",
-                       help="memory budget of --tile auto, e.g. 1GB, 512MiB (default: 80%% of the GPU's free memory, or half the available RAM)")
+                       help="memory budget of --tile auto, e.g. 1GB, 512MiB (default: 80%% of the GPU's free memory, or half the available RAM; "
+                            "on the CPU each tile's forward is also kept under a measured cap, as larger tiles run slower there)")
     group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                        help="fp32 (default), or bf16 / fp16 autocast (norms and softmax stay in float32); bf16 runs on CPUs too")
     group.add_argument("--tile-mode", choices=("blend", "official"), default="blend",

@@ -12,6 +12,10 @@ EXAMPLES = (
 )
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = "nothing was written (the --plot file is written whole, at the end)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="models to profile (default: all)")
     parser.add_argument("--attentions", nargs="+", default=None, help="attentions to compare (default: all)")

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CommandError
+from .common import CommandError, Interrupted
 
 HELP = "train the CSA and the GLMHA version of small models side by side on built-in data; write a report"
 EXAMPLES = "glmha demo\n  glmha demo --budget tiny --output /tmp/demo\n  glmha demo --budget long --device cuda --tasks deraining"
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "the report is written at the end, so {output} holds none; "
+    "run the command again to start over (the demo trains its runs afresh)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..experiments.demo import BUDGETS
+    from .choices import BUDGETS
 
     parser.add_argument("--output", default="glmha-demo", help="report folder (default: glmha-demo)")
     parser.add_argument("--budget", choices=list(BUDGETS), default="default", help="training budget (default: 6 to 16 minutes on one CPU thread; tiny: for tests)")
@@ -28,4 +35,6 @@ def run(args: argparse.Namespace) -> None:
         result = run_demo(args.output, args.budget, args.device, args.seed, args.tasks, threads=args.threads)
     except ValueError as err:
         raise CommandError(str(err)) from None
+    except KeyboardInterrupt as err:  # the trainer's "run again to resume" is not so here: the demo trains its runs afresh
+        raise Interrupted("", getattr(err, "exit_code", 130)) from None
     print(f"\n{result.table}\n\nreport: {result.report_md} and {result.report_html} ({result.seconds / 60:.1f} min)")

@@ -13,6 +13,13 @@ EXAMPLES = (
 )
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "results.csv and results.md are written at the end, so none were; "
+    "images saved so far (--save-images) are whole files"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the experiment config the model was trained with")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

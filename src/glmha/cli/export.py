@@ -12,8 +12,12 @@ EXAMPLES = (
 )
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = "{output} was written whole or not at all (if written, perhaps not yet checked against PyTorch)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..inference.export import FORMATS
+    from .choices import EXPORT_FORMATS as FORMATS
 
     add_model_arguments(parser, checkpoint_required=True)
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
@@ -51,3 +55,4 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {result.path} ({args.format}); onnxruntime is not installed, so it was not checked (pip install 'glmha[export]')")
     else:
         print(f"wrote {result.path} ({args.format}); checked against PyTorch at {checked}: max abs difference {result.max_abs_diff:.2e}")
+    print(result.convention)

@@ -14,10 +14,17 @@ EXAMPLES = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..data.prepare import PREPARE_TASKS
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "patch files are written whole, and each finished source image is recorded in "
+    "{output}/.glmha-prepare-{task}.done; run the same command again to continue"
+)
 
-    parser.add_argument("task", choices=sorted(PREPARE_TASKS), help="which official preparation script to run")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .choices import PREPARE_TASKS
+
+    parser.add_argument("task", choices=PREPARE_TASKS, help="which official preparation script to run")
     parser.add_argument("--source", required=True, help="the downloaded data (see `glmha prepare --help` and docs/data.md)")
     parser.add_argument("--output", default="Datasets", help="the Datasets root the configs read (default: Datasets)")
     parser.add_argument("--val-source", default=None, help="gopro: the test frames for the validation crops (default: <output>/test/GoPro)")

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .common import CommandError, add_model_arguments, grey_conversion, json_argument, model_from_args, model_title
+
+if TYPE_CHECKING:
+    from torch import nn
 
 HELP = "eigen-analysis of the attention maps (paper Fig. 1): spectrum plot, rank table, suggested GLMHA ranks"
 EXAMPLES = (
@@ -13,8 +17,12 @@ EXAMPLES = (
 )
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = "the files written so far in {output} are whole; run the same command again to write them all"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..analysis.eigen import SPECTRA
+    from .choices import SPECTRA
 
     parser.add_argument("images", nargs="*", help="images (files, folders or globs) to analyse; default: built-in photographs (CASSI models: built-in scenes)")
     add_model_arguments(parser)
@@ -73,8 +81,32 @@ def run(args: argparse.Namespace) -> None:
     print(report.table)
     print(f"\nwrote {report.plot}, {report.table_path}, {report.ranks_path}")
     if args.suggest:
-        model_kwargs = model.spec.model_kwargs if getattr(model, "spec", None) else json_argument(args.model_kwargs, "--model-kwargs")
-        suggestion = format_rank_suggestion(report, name, model_kwargs)
+        spec = getattr(model, "spec", None)
+        model_kwargs = spec.model_kwargs if spec else json_argument(args.model_kwargs, "--model-kwargs")
+        warm_start = spec is None or (spec.attention == "csa" and not spec.layers)  # init="svd" converts CSA layers only
+        suggestion = format_rank_suggestion(report, name, model_kwargs, load=_load_call(args, model), warm_start=warm_start)
         print(f"\n# GLMHA ranks keeping {args.share:.0%} of each layer's spectrum:\n{suggestion}")
     if skipped:
         raise CommandError(f"{len(skipped)} image(s) skipped: " + "; ".join(skipped))
+
+
+def _load_call(args: argparse.Namespace, model: nn.Module) -> str | None:
+    """The ``glmha.load_model(...)`` call that loads the model this command analysed, as it loaded it; None without a checkpoint."""
+    from ..models.checkpoint import read_model_spec, resolve_checkpoint
+
+    spec = getattr(model, "spec", None)
+    if not args.checkpoint or spec is None:
+        return None
+    recorded = read_model_spec(resolve_checkpoint(args.checkpoint)) is not None
+    call = [repr(str(args.checkpoint))]
+    if spec.preset:  # given, recorded, or recognised from the keys (then naming it keeps the load quiet)
+        call.append(f"preset={spec.preset!r}")
+    if args.model or not (recorded or spec.preset):  # a file without record: the model the command built
+        call.append(f"model={spec.name!r}")
+    if args.attention:
+        call.append(f"attention={args.attention!r}")
+    attention_kwargs = json_argument(args.attention_kwargs, "--attention-kwargs")
+    if attention_kwargs:
+        call.append(f"attention_kwargs={attention_kwargs!r}")
+    call += [f"{key}={value!r}" for key, value in json_argument(args.model_kwargs, "--model-kwargs").items()]
+    return f"glmha.load_model({', '.join(call)})"

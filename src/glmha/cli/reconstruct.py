@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CommandError, add_inference_arguments, add_model_arguments, inference_options, model_from_args, model_title
+from .common import (
+    CommandError, add_inference_arguments, add_model_arguments, check_model_job, inference_options, model_from_args, model_title,
+)
 
 HELP = "spectral reconstruction: RGB images to cubes (MST++), or CASSI measurements and mask to cubes (MST)"
 EXAMPLES = (
@@ -15,8 +17,15 @@ EXAMPLES = (
 )
 
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "the cubes written so far in {output} are whole files and no partial file was left; "
+    "a rerun needs --overwrite for them, or only the remaining inputs"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..inference.reconstruction import CUBE_FORMATS
+    from .choices import CUBE_FORMATS
 
     parser.add_argument("inputs", nargs="+", help="RGB images, or with --mask or a real-data model (mst_*_real) CASSI measurements / cubes (.mat, .npy): files, folders or globs")
     add_model_arguments(parser, default_model=None, checkpoint_required=True)
@@ -36,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         MEASUREMENT_SUFFIXES, band_wavelengths, reconstruct_cassi_files, reconstruct_real_cassi_files, reconstruct_rgb_files,
     )
     from ..io.images import find_images
+    from ..models.jobs import CASSI, REAL_CASSI, RGB_TO_HSI
     from ..models.mst_real import RealMST
 
     def read_mask():
@@ -46,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
 
     cassi = args.mask is not None
     model = model_from_args(args, "mst_l" if cassi else "mst_plus_plus")
+    check_model_job(model, "reconstruct", RGB_TO_HSI, CASSI, REAL_CASSI)  # before any input is read
     real = isinstance(model, RealMST)  # the raw measurement alone; a mask only checks sizes (or measures cubes)
     if cassi and not real and not getattr(model, "mask_guided", False):
         raise CommandError(f"--mask reconstructs CASSI snapshots with a mask-guided MST model (mst_s, mst_m, mst_l) "

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from .common import (
-    CommandError, add_inference_arguments, add_model_arguments, grey_conversion, inference_options, model_from_args, model_title,
-    read_depth,
+    CommandError, add_inference_arguments, add_model_arguments, check_model_job, grey_conversion, inference_options, model_from_args,
+    model_title, read_depth,
 )
 
 HELP = "restore image files (a file, a folder or a glob) with a checkpoint; PNG outputs of the same size"
@@ -15,6 +15,13 @@ EXAMPLES = (
     "  glmha restore DPDD/test/ --preset dual_pixel_defocus_deblurring --checkpoint dual_pixel_defocus_deblurring.pth --output out/\n"
     "  glmha restore noisy.png --preset gaussian_color_denoising_blind --checkpoint gaussian_color_denoising_blind.pth "
     "--output out/ --device cuda --precision bf16 --tile 720"
+)
+
+
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "the PNGs written so far in {output} are whole files and no partial file was left; "
+    "a rerun needs --overwrite for them, or only the remaining images"
 )
 
 
@@ -32,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..inference.restoration import restore_files
     from ..io.images import find_dual_pixel_pairs, find_images
+    from ..models.jobs import IMAGE
 
     model = model_from_args(args)
+    check_model_job(model, "restore", IMAGE)  # before any image is read
     if getattr(model, "dual_pixel_task", False):
         paths = find_dual_pixel_pairs(args.images, args.right)
     elif args.right:

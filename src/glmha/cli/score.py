@@ -14,10 +14,14 @@ EXAMPLES = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..metrics.protocols import PROTOCOLS
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = "nothing was written (--output is written whole, at the end)"
 
-    parser.add_argument("protocol", choices=sorted(p for p in PROTOCOLS if PROTOCOLS[p].metrics), help="the official protocol")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .choices import SCORED_PROTOCOLS
+
+    parser.add_argument("protocol", choices=SCORED_PROTOCOLS, help="the official protocol")
     parser.add_argument("--restored", nargs="+", required=True, help="restored images (files or folders), Idenoised.mat (sidd), Test_result.mat (cassi) or cubes (ntire2022)")
     parser.add_argument("--target", default=None, help="ground truth: a folder of images / cubes, or ValidationGtBlocksSrgb.mat (sidd)")
     parser.add_argument("--grayscale", action="store_true", help="gaussian_denoising: read both as grey images (the grey denoising script)")

@@ -12,6 +12,12 @@ EXAMPLES = (
     "  torchrun --nproc_per_node 8 --no-python glmha train configs/restormer/deraining_csa.yaml"
 )
 
+# What Ctrl-C or SIGTERM leaves, printed after "interrupted; " (formatted with the arguments).
+INTERRUPTED = (
+    "checkpoints written so far in the run folder are whole; "
+    "run the same command again to resume from the newest"
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment config (YAML), e.g. configs/restormer/deraining_csa.yaml")

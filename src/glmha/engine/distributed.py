@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,26 @@ class DistributedContext:
         value = torch.tensor([int(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
         dist.broadcast(value, 0)
         return bool(value.item())
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank, e.g. a plan rank 0 measured."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, 0, device=self._object_device())
+        return box[0]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank: work shared out and collected."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def _object_device(self) -> torch.device:
+        # NCCL moves objects through this rank's GPU; gloo through the CPU
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def close(self) -> None:
         if self.created_group and dist.is_initialized():

@@ -32,12 +32,13 @@ from ..io.files import atomic_write
 from ..io.folders import claim_folder
 from ..metrics.protocols import get_protocol
 from ..models.checkpoint import CheckpointError, load_checkpoint
+from ..models.jobs import CASSI, DESCRIPTIONS, IMAGE, REAL_CASSI, RGB_TO_HSI, spec_job
 from .batches import _to_device
 from .config import ConfigError, input_paths, load_config
 from .outputs import OfficialOutputs
 from .run_state import latest_checkpoint
 from .settings import _autocast, build_model
-from .tasks import build_dataset, get_task, task_name
+from .tasks import TASKS, build_dataset, get_task, task_name
 
 EVALUATE_OPTIONS = ("checkpoint", "ensemble", "precision", "save_images", "sets", "tile")
 
@@ -84,6 +85,74 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None, run_dir: Path) -> t
     if found is None:
         raise CheckpointError(f"{folder} holds no weights (model.safetensors or checkpoints/latest.json)")
     return found[0], f"{found[0]} (newest checkpoint of an unfinished run, {_iteration_note(found[0])})"
+
+
+# The job (glmha.models.jobs) of each task's models; the other tasks restore images.
+TASK_JOBS = {"rgb_to_hsi": RGB_TO_HSI, "cassi": CASSI, "real_cassi": REAL_CASSI}
+
+
+def trained_task(spec: str | Mapping[str, Any]) -> str:
+    """The task a config's ``task`` entry trains its model for: a distillation's is its base task's."""
+    name = task_name(spec)
+    if name == "distill" and isinstance(spec, Mapping) and spec.get("base"):
+        return trained_task(spec["base"])
+    return name
+
+
+def _run_config_task(weights: Path) -> tuple[str, Path] | None:
+    """The task in the ``config.yaml`` of the run folder that holds ``weights`` (``model.safetensors``,
+    ``best.safetensors``, ``checkpoints/iter_*.safetensors``), and that file; None outside a run folder."""
+    import yaml
+
+    folder = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
+    path = folder / "config.yaml"
+    try:
+        recorded = yaml.safe_load(path.read_text())
+        return trained_task(recorded["task"]), path
+    except (OSError, yaml.YAMLError, TypeError, KeyError):  # no run folder, or not one of ours: nothing to compare
+        return None
+
+
+def _weights_job(weights: Path) -> tuple[str, str] | None:
+    """The job of the model in ``weights`` and where it was read: the file's build record, else the
+    official presets its keys and shapes match (when they share a job); None when unknown."""
+    from ..models.checkpoint import read_model_spec, read_state_dict
+    from ..models.presets import recognise_preset
+    from ..models.registry import ModelSpec
+
+    try:
+        recorded = read_model_spec(weights)
+        if recorded is not None:
+            return spec_job(recorded), f"a {recorded.name} model"
+        presets = recognise_preset(read_state_dict(weights))
+        jobs = {spec_job(ModelSpec(p.model, dict(p.model_kwargs))) for p in presets}
+    except (RuntimeError, TypeError, ValueError, KeyError):  # unreadable or unbuildable (CheckpointError too): loading it reports that
+        return None
+    return (jobs.pop(), f"a {presets[0].model} model (official file layout)") if len(jobs) == 1 else None
+
+
+def check_checkpoint_task(task: str | Mapping[str, Any], weights: str | os.PathLike) -> None:
+    """Refuse, with a :class:`ConfigError` naming the config to use, ``weights`` trained for another task than ``task``.
+
+    The weights' task is read from the ``config.yaml`` of their run folder; for other files
+    (official releases, saved models) the kind of model is compared: an image model, RGB to
+    HSI, CASSI or real CASSI (:mod:`glmha.models.jobs`).
+    """
+    weights = Path(weights)
+    wanted = trained_task(task)
+    found = _run_config_task(weights)
+    if found is not None:
+        if found[0] != wanted:
+            raise ConfigError(f"{weights} was trained for {found[0]} ({found[1]}), but the config evaluates {wanted}; "
+                              f"evaluate it with a {found[0]} config (glmha evaluate CONFIG --checkpoint {weights})")
+        return
+    job = _weights_job(weights)
+    wanted_job = TASK_JOBS.get(wanted, IMAGE)
+    if job is not None and job[0] != wanted_job:
+        tasks = sorted(name for name in TASKS if name != "distill" and TASK_JOBS.get(name, IMAGE) == job[0])
+        choice = tasks[0] if len(tasks) == 1 else f"{', '.join(tasks[:-1])} or {tasks[-1]}"
+        raise ConfigError(f"{weights} holds {job[1]}, which {DESCRIPTIONS[job[0]]}, but the config evaluates {wanted}; "
+                          f"evaluate it with a config of task {choice}")
 
 
 def _iteration_note(path: Path) -> str:
@@ -179,15 +248,17 @@ def evaluate(
             get_protocol(protocol)
         except ValueError as err:
             raise ConfigError(f"data.test.{name}.protocol: {err}") from None
+    source = "the given model"
+    if model is None:  # before any test image is read or any folder made: weights of another task are refused
+        weights, source = resolve_checkpoint(checkpoint if checkpoint is not None else options.get("checkpoint"), run_dir)
+        check_checkpoint_task(cfg["task"], weights)
     inputs = input_paths(cfg, config) + [Path(c) for c in (checkpoint, options.get("checkpoint")) if isinstance(c, (str, os.PathLike)) and os.path.isfile(c)]
     _check_writable(out)
     claim_folder(out, "evaluate", inputs=inputs, legacy=("results.csv", "results.md"), option="output_dir")
 
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    source = "the given model"
     if model is None:
         model = build_model(cfg)
-        weights, source = resolve_checkpoint(checkpoint if checkpoint is not None else options.get("checkpoint"), run_dir)
         load_checkpoint(model, weights)
     model = model.to(device).eval()
     if tile:

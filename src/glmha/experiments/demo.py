@@ -411,7 +411,9 @@ def _run_demo(
             figures_dir / f"{task.name}_eigen",
             title=f"{task.name}: attention spectrum of the trained CSA model",
         )
-        section.figures.append(report.Figure(spectra.plot, "Cumulative singular-value spectrum of the trained CSA model's attention maps, per level (paper Fig. 1)."))
+        analysed = report.which_images(test_batches, range(min(2, len(test_batches))), len(test_batches))
+        section.figures.append(report.Figure(spectra.plot, "Cumulative singular-value spectrum of the trained CSA model's attention maps, "
+                                                           f"per level (paper Fig. 1), over held-out {analysed}."))
         section.text += "\n\nRank that keeps 90 / 95 / 99 % of each CSA layer's attention spectrum (per head):\n\n" + spectra.table
         sections.append(section)
         figures += [f.path for f in section.figures]
@@ -430,6 +432,7 @@ def _run_demo(
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "latency_repeats": settings.latency_repeats,
+        "test_images": settings.test_images,  # per task: the table's metrics are means over them
         "command": command,
         "versions": package_versions(),
         "seconds": round(seconds, 1),
@@ -441,13 +444,26 @@ def _run_demo(
     intro = (
         f"CSA and GLMHA versions of the same small models, trained side by side on built-in data "
         f"(budget `{budget}`: {settings.iterations} iterations per model, seed {seed}, device `{device}`, "
-        f"{record['threads']} CPU threads), evaluated on the same held-out images. Latency is the median time per image "
+        f"{record['threads']} CPU threads), evaluated on the same held-out images. {seed_statement(seed, settings.test_images)} "
+        f"Latency is the median time per image "
         f"over {settings.latency_repeats} repeats in this run, with the fastest and slowest in brackets. "
         f"Made by `{command}` in {seconds / 60:.1f} minutes "
         f"(glmha {__version__}, PyTorch {torch.__version__}, Python {platform.python_version()})."
     )
     report_md, report_html = report.write_report(output_dir, "glmha demo: CSA vs GLMHA", intro, table, sections)
     return DemoResult(output_dir, budget, results, report_md, report_html, figures, table, seconds)
+
+
+def seed_statement(seed: int, test_images: int) -> str:
+    """What the report's numbers rest on: one seed, a few test images; and where a comparison is made."""
+    return (
+        f"Both models of a task are trained with seed {seed} (one seed, the same training samples in the same order), and "
+        f"each metric in the table is the mean over the task's {test_images} held-out test images; the figures show single "
+        f"test images, named in their captions with their own scores. One seed on {test_images} test images decides "
+        f"nothing about which attention is better: another seed moves every number, by an amount this run cannot measure. "
+        f"`glmha study` trains each model with several seeds (3 by default) on more test images (16) and gives the "
+        f"differences paired by seed, with their 95 % confidence intervals."
+    )
 
 
 # the packages the built-in data are made with: their releases can move the last digits of the results

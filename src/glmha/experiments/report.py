@@ -172,6 +172,22 @@ def pick_pixels(cube: torch.Tensor, count: int = 3, seed: int = 0) -> list[tuple
 
 
 # ----------------------------------------------------------------------------- the demo's figures
+def which_images(batches: Sequence[dict], indices: Sequence[int], total: int, names: str = "`{}`") -> str:
+    """``test images 1 and 2 of 3 (`a`, `b`)``: the 1-based numbers of the shown test images and their
+    names, each formatted by ``names`` (``""``: no names)."""
+    indices = list(indices)
+    numbers = [str(i + 1) for i in indices]
+    listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    named = ", ".join(names.format(batches[i]["name"]) for i in indices if names and batches[i].get("name"))
+    return f"test image{'s' if len(indices) > 1 else ''} {listed} of {total}" + (f" ({named})" if named else "")
+
+
+def _table_means(results: Mapping[str, ModelResult], metric: str, total: int) -> str:
+    """What the table holds for ``metric``: its mean over the ``total`` test images, per model, as the table prints it."""
+    values = ", ".join(f"{name} {r.metrics[metric]:.4f}" for name, r in results.items() if metric in r.metrics)
+    return f"the table's {metric.upper()} is the mean over all {total} test images: {values}"
+
+
 @torch.no_grad()
 def task_figures(
     task: DemoTask,
@@ -181,8 +197,13 @@ def task_figures(
     examples: int = 2,
 ) -> list[Figure]:
     """The figures of one demo task from the models' test predictions: images side by side;
-    for cubes, the input, five bands and the spectra of three pixels."""
+    for cubes, the input, five bands and the spectra of three pixels.
+
+    Every caption (and figure title) names the test images it shows, gives those images' own
+    scores and, beside them, the table's means over all test images, so the two never read as
+    the same number."""
     engine_task = task.engine_task()
+    total = len(test_batches)
     shown = []
     for i, batch in enumerate(test_batches[:examples]):
         predictions = {name: r.predictions[i] for name, r in results.items()}
@@ -193,30 +214,40 @@ def task_figures(
     figures = []
     if task.kind == "image":
         rows = []
-        for batch, predictions, scores in shown:
+        for i, (batch, predictions, scores) in enumerate(shown):
             inp = task.shown_input(batch)
             input_score = float(engine_task.metrics(batch["input"], batch)[primary].mean())
-            row = [(f"input {primary.upper()} {input_score:.2f}", inp)]
+            row = [(f"image {i + 1}: input {primary.upper()} {input_score:.2f}", inp)]
             row += [(f"{name} {primary.upper()} {scores[name][primary]:.2f}", pred) for name, pred in predictions.items()]
             row.append(("ground truth", batch["target"]))
             rows.append(row)
-        path = comparison_figure(rows, figures_dir / f"{task.name}_comparison.png")
-        figures.append(Figure(path, f"{task.title}: input, CSA, GLMHA and ground truth on held-out images ({primary.upper()} per image)."))
+        which = which_images(test_batches, range(len(shown)), total)
+        path = comparison_figure(rows, figures_dir / f"{task.name}_comparison.png",
+                                 suptitle=f"{which_images(test_batches, range(len(shown)), total, '')}, one per row; "
+                                          f"{primary.upper()} of each image")
+        figures.append(Figure(path, f"{task.title}: input, CSA, GLMHA and ground truth on held-out {which}, one per row; "
+                                    f"each panel's {primary.upper()} is that image's own ({_table_means(results, primary, total)})."))
         return figures
 
     wavelengths = list(task.wavelengths) or list(range(shown[0][0]["target"].shape[1]))
     batch, predictions, scores = shown[0]
+    which = which_images(test_batches, [0], total)
+    title = which_images(test_batches, [0], total, "{}")  # the figure's own title: no Markdown
     what = "RGB image" if "input" in batch else "CASSI measurement (coded, dispersed and summed bands)"
-    comparison = comparison_figure([[(what, task.shown_input(batch))]], figures_dir / f"{task.name}_input.png", panel=4.0)
-    figures.append(Figure(comparison, f"{task.title}: the {what} the networks reconstruct the cube below from."))
+    comparison = comparison_figure([[(what, task.shown_input(batch))]], figures_dir / f"{task.name}_input.png", panel=4.0,
+                                   suptitle=title)
+    figures.append(Figure(comparison, f"{task.title}: the {what} of held-out {which}, which the networks reconstruct the cube below from."))
     cubes = {"ground truth": batch["target"], **predictions}
     cubes = {name: cubes[name] for name in ("ground truth", *predictions)}
     scores_text = ", ".join(f"{name} {primary.upper()} {s[primary]:.4f}" for name, s in scores.items())
-    bands = spectral_bands_figure(cubes, wavelengths, figures_dir / f"{task.name}_bands.png")
-    figures.append(Figure(bands, f"{task.title}: five bands of the ground truth and of both reconstructions, one grey scale per band, "
-                                  f"and each reconstruction's absolute error, one error scale per band ({scores_text})."))
-    curves = spectral_curves_figure(cubes, wavelengths, pick_pixels(batch["target"]), figures_dir / f"{task.name}_spectra.png")
-    figures.append(Figure(curves, f"{task.title}: spectra of three pixels (brightest, darkest, random)."))
+    bands = spectral_bands_figure(cubes, wavelengths, figures_dir / f"{task.name}_bands.png",
+                                  suptitle=f"{title}: {scores_text} on this image")
+    figures.append(Figure(bands, f"{task.title}, held-out {which}: five bands of the ground truth and of both reconstructions, "
+                                  f"one grey scale per band, and each reconstruction's absolute error, one error scale per band. "
+                                  f"On this image {scores_text}; {_table_means(results, primary, total)}."))
+    curves = spectral_curves_figure(cubes, wavelengths, pick_pixels(batch["target"]), figures_dir / f"{task.name}_spectra.png",
+                                    suptitle=title)
+    figures.append(Figure(curves, f"{task.title}, held-out {which}: spectra of three pixels (brightest, darkest, random)."))
     return figures
 
 

@@ -11,8 +11,11 @@ variant (default CSA) with its 95 % confidence interval (Student's t over the se
 parameters and MACs, in ``study.md``, ``study.json`` and ``quality_vs_macs.png``.
 
 A finished run is never trained again: each run folder keeps its scores (``scores.json``),
-so an interrupted study restarts where it stopped, and adding seeds or variants reuses
-what is there.
+so an interrupted study restarts where it stopped (an unfinished run from its last
+checkpoint, written every tenth of its iterations), and adding seeds or variants reuses
+what is there. Runs go one after the other in this process, several at once in processes of
+this machine (``jobs``), or as submitit jobs on Slurm (:mod:`glmha.experiments.study_jobs`);
+the numbers are the same either way, for the same number of threads per run.
 
 Variant specs: ``csa``, ``glmha``, ``glmha:rank_ratio=0.25``,
 ``glmha:calibration=false,gate_weights=false``, ``glmha:ranks=suggest`` (per-layer ranks
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +42,13 @@ import yaml
 from torch import nn
 
 from ..io.files import atomic_write
+from ..io.folders import claim_folder
 
+if TYPE_CHECKING:
+    from .demo import Budget
+    from .study_jobs import ClusterOptions, RunSpec, RunState
+
+LOG = logging.getLogger("glmha.study")
 DEFAULT_VARIANTS = ("csa", "glmha")
 DEFAULT_TASKS = ("deraining", "rgb_to_hsi", "cassi", "gaussian_denoising")
 
@@ -90,6 +101,24 @@ def parse_variant(spec: str) -> Variant:
 
 
 # ----------------------------------------------------------------------------- tasks
+def study_budget(budget: str, test_images: int | None = None, iterations: int | None = None) -> "Budget":
+    """The demo's budget ``budget`` with the study's number of held-out images and of iterations, if given."""
+    from .demo import BUDGETS
+
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
+    settings = BUDGETS[budget]
+    if test_images is not None:
+        if test_images < 1:
+            raise ValueError(f"test_images must be at least 1, got {test_images}")
+        settings = dataclasses.replace(settings, test_images=test_images)
+    if iterations is not None:
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        settings = dataclasses.replace(settings, iterations=iterations)
+    return settings
+
+
 def study_tasks(budget, seed: int, names: Sequence[str]) -> list:
     """The built-in tasks named (the demo's, plus Gaussian denoising and real CASSI)."""
     from .demo import cassi_task, deraining_task, gaussian_denoising_task, real_cassi_task, rgb_to_hsi_task
@@ -127,6 +156,12 @@ def build_variant_model(config: dict, variant: Variant, seed: int, ranks: dict[s
 
 
 # ----------------------------------------------------------------------------- one run
+def claim_run_folder(folder: Path) -> Path:
+    """Make ``folder`` a training-run folder (new, or one of this study's runs, also of older versions)."""
+    return claim_folder(folder, "train", legacy=("study_config.json", "scores.json", "job.json", "failure.json", "worker.log", "jobs"),
+                        option="study run folder")
+
+
 @dataclass
 class RunScores:
     """One trained variant of one task and seed."""
@@ -171,33 +206,45 @@ def _suggested_ranks(task, reference_run: Path, device: torch.device, share: flo
     return suggest_ranks(attention_spectra(model, batches), share)
 
 
-def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.device, reference: Path | None = None,
-                progress: bool = True) -> RunScores:
-    """Train (or resume) one variant of one task for one seed, score it, and keep the scores in ``folder``."""
-    from ..engine.run_state import config_differences
-    from ..engine.trainer import train
-
-    scores_path = folder / "scores.json"
+def _run_config(task, variant: Variant, seed: int, progress: bool) -> dict:
     config = json.loads(json.dumps(task.config))
     config["seed"] = seed
     config["model"]["attention"] = variant.attention
     config["train"]["progress"] = progress
+    # checkpoints through the run, so that a killed or pre-empted run loses at most a tenth of it
+    config["train"]["checkpoint_every"] = max(1, config["train"]["total_iters"] // 10)
+    return config
+
+
+def load_finished_run(task, variant: Variant, seed: int, folder: Path) -> RunScores:
+    """The scores of a finished run, refused (ValueError) if it was trained or scored with other settings."""
+    from ..engine.run_state import config_differences
+
+    # another budget, --iterations or --test-images in the same folder would otherwise mix runs silently
+    saved = json.loads((folder / "study_config.json").read_text())
+    changed = config_differences(saved, _run_config(task, variant, seed, False), free=("train.progress", "train.checkpoint_every"))
+    if changed:
+        raise ValueError(f"{folder} was trained with other settings ({', '.join(changed)}); "
+                         "use another --output for another budget, number of iterations or of test images")
+    return RunScores(**json.loads((folder / "scores.json").read_text()))
+
+
+def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.device, reference: Path | None = None,
+                progress: bool = True) -> RunScores:
+    """Train (or resume) one variant of one task for one seed, score it, and keep the scores in ``folder``."""
+    from ..engine.trainer import train
+
+    scores_path = folder / "scores.json"
     if scores_path.is_file():
-        # a finished run is reused only for the settings it was trained and scored with (another
-        # budget, --iterations or --test-images in the same folder would otherwise mix runs silently)
-        saved = json.loads((folder / "study_config.json").read_text())
-        changed = config_differences(saved, config, free=("train.progress",))
-        if changed:
-            raise ValueError(f"{folder} was trained with other settings ({', '.join(changed)}); "
-                             "use another --output for another budget, number of iterations or of test images")
-        return RunScores(**json.loads(scores_path.read_text()))
+        return load_finished_run(task, variant, seed, folder)
+    config = _run_config(task, variant, seed, progress)
     ranks = None
     if variant.ranks_share is not None:
         if reference is None or not (reference / "model.safetensors").is_file():
             raise ValueError(f"variant {variant.spec!r} needs the trained reference model of seed {seed} first")
         ranks = _suggested_ranks(task, reference, device, variant.ranks_share)
     model = build_variant_model(config, variant, seed, ranks)
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(folder)  # before study_config.json: the trainer accepts only a new, empty or training-run folder
     atomic_write(folder / "study_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
     result = train(config, output_dir=folder, device=device, model=model)
     model = model.to(device).eval()
@@ -205,6 +252,89 @@ def run_variant(task, variant: Variant, seed: int, folder: Path, device: torch.d
     scores = RunScores(task.name, variant.spec, seed, metrics, per_image, params, macs, result.train_seconds, ranks)
     atomic_write(scores_path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(scores), indent=1)))
     return scores
+
+
+# ----------------------------------------------------------------------------- one run, in any process
+def execute_run(spec: "RunSpec", device: str = "cpu", threads: int | None = None, progress: bool = False,
+                executor: str = "inline", job_id: str | None = None, log: str | None = None) -> str:
+    """Train and score the run ``spec`` unless another process holds it: ``"done"``, or ``"held"`` when one does.
+
+    The run is claimed first (:func:`glmha.experiments.study_jobs.acquire_claim`) and looked at
+    again once claimed, so that no run is trained twice; on an error, the reason and ``log`` go
+    to the run's ``failure.json`` before the error is raised.
+    """
+    from .study_jobs import FAILURE, SCORES, RunClaimed, acquire_claim, release_claim, write_failure
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(spec.folder)
+    log = log or str(folder / "train.log")
+    try:
+        claim = acquire_claim(folder, executor, job_id, log)
+    except RunClaimed:
+        return "held"
+    try:
+        if (folder / SCORES).is_file():
+            return "done"  # finished by another process between our look and our claim
+        (folder / FAILURE).unlink(missing_ok=True)
+        task = study_tasks(study_budget(spec.budget, spec.test_images, spec.iterations), 0, [spec.task])[0]
+        reference = Path(spec.reference) if spec.reference else None
+        run_variant(task, parse_variant(spec.variant), spec.seed, folder, torch.device(device), reference, progress)
+        return "done"
+    except SystemExit:
+        raise  # submitit requeues a pre-empted job this way: not a failure of the run
+    except BaseException as err:
+        write_failure(folder, err, log, job_id)
+        raise
+    finally:
+        release_claim(claim)
+
+
+class StudyJob:
+    """A run as a submitit job; on submitit's pre-emption or time-out signal it is requeued and resumes."""
+
+    def __init__(self, spec: "RunSpec", device: str, threads: int | None, executor: str):
+        self.spec, self.device, self.threads, self.executor = spec, device, threads, executor
+
+    def __call__(self) -> str:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        return execute_run(self.spec, self.device, self.threads, False, self.executor, environment.job_id, str(environment.paths.stderr))
+
+    def checkpoint(self) -> Any:
+        # the requeued job resumes from the trainer's own checkpoints (every tenth of the run)
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(StudyJob(self.spec, self.device, self.threads, self.executor))
+
+
+# how glmha study --jobs starts a process training one run (a -c line: the module is not run as __main__)
+WORKER_COMMAND = (sys.executable, "-c", "import sys; from glmha.experiments.study import worker_main; sys.exit(worker_main(sys.argv[1:]))")
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """One run in a process of its own (``glmha study --jobs``): 0 when done, HELD_EXIT when another process holds it."""
+    import argparse
+
+    from .study_jobs import HELD_EXIT, RunSpec, describe_holder, read_claim
+
+    parser = argparse.ArgumentParser(prog="glmha study worker", description="train one run of a study")
+    parser.add_argument("spec", help="the run, as JSON")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--log", default=None, help="this process's log, recorded with its claim and failures")
+    args = parser.parse_args(list(argv))
+    spec = RunSpec.from_json(args.spec)
+    try:
+        status = execute_run(spec, args.device, args.threads, False, "processes", None, args.log)
+    except KeyboardInterrupt as err:  # SIGINT / SIGTERM, after the trainer's checkpoint
+        print(f"{spec.label}: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
+    if status == "held":
+        print(f"{spec.label}: {describe_holder(read_claim(Path(spec.folder)))} holds this run; not trained here")
+        return HELD_EXIT
+    return 0
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -268,35 +398,142 @@ def format_summary(rows: Sequence[dict[str, Any]], reference: str) -> str:
 
 
 def plot_quality_vs_macs(rows: Sequence[dict[str, Any]], path: Path, primary: dict[str, str]) -> Path:
-    """One panel per task: the primary metric's mean against MACs, with the 95 % interval over the seeds."""
+    """One panel per task: the primary metric's mean over the seeds against MACs.
+
+    Error bars are the half-width of the 95 % Student-t confidence interval of that mean
+    (:func:`t_interval`; none with one seed). Each axis says whether higher or lower is
+    better from the metric's own direction (``higher_is_better`` of its summary entry, from the
+    task's metric directions). One legend for all panels, one colour per variant, below them.
+    """
     from .report import _pyplot, save_figure
 
     plt = _pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), dpi=100, squeeze=False)
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), dpi=100, squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         metric = primary[task]
-        for row in (r for r in rows if r["task"] == task):
+        mine = [r for r in rows if r["task"] == task]
+        seeds = max(len(r["metrics"][metric]["values"]) for r in mine)
+        higher = mine[0]["metrics"][metric].get("higher_is_better", True)
+        for row in mine:
             entry = row["metrics"][metric]
             ci = t_interval(entry["values"])
-            ax.errorbar(row["macs"] / 1e9, entry["mean"], yerr=0 if math.isnan(ci) else ci, fmt="o", capsize=3, label=row["variant"])
-        ax.set_title(task)
-        ax.set_xlabel("GMACs per image")
-        ax.set_ylabel(f"{metric} ({'higher' if rows[0]['metrics'].get(metric, {}).get('higher_is_better', True) else 'lower'} is better)")
+            ax.errorbar(row["macs"] / 1e9, entry["mean"], yerr=None if math.isnan(ci) else ci, fmt="o", capsize=3,
+                        color=f"C{variants.index(row['variant']) % 10}", label=row["variant"])
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("GMACs per image", fontsize=9)
+        ax.set_ylabel(f"{metric.upper()}, mean over {seeds} seed{'s' if seeds != 1 else ''}\n"
+                      f"({'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 4), fontsize=8,
+               title="error bars: the 95 % Student-t interval of the mean over the seeds (mean ± its half-width)", title_fontsize=8)
     return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the study
 @dataclass
 class StudyResult:
+    """The report's files; without them (``complete`` false) the runs ``pending`` of a ``wait=False`` call."""
+
     output_dir: Path
     rows: list[dict[str, Any]]
-    markdown: Path
-    json: Path
-    figure: Path
+    markdown: Path | None
+    json: Path | None
+    figure: Path | None
     seconds: float
+    submitted: list[str] = field(default_factory=list)  # job ids left running (wait=False)
+    pending: list["RunState"] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.markdown is not None
+
+
+class StudyFailed(RuntimeError):
+    """Runs of a study failed (each reported as it failed); the other runs are kept, the report waits for all."""
+
+    def __init__(self, message: str, failures: dict[str, str]):
+        super().__init__(message)
+        self.failures = failures  # run label -> what failed and where its log is
+
+
+@dataclass
+class StudyPlan:
+    """What a study trains and how its runs were run, kept in ``study_plan.json`` for ``--status`` and the report."""
+
+    tasks: list[str]
+    variants: list[str]
+    seeds: list[int]
+    budget: str
+    reference: str
+    test_images: int | None
+    iterations: int | None
+    device: str  # where the runs train, for the report: "cpu", "cuda:0 cuda:1", "slurm (cuda)"
+    threads: int | None  # CPU threads per run (None: each Slurm job's default)
+    jobs: int | None  # runs at once (None: as many as Slurm grants)
+    executor: str  # inline, processes, local or slurm
+
+    def settings(self) -> "Budget":
+        return study_budget(self.budget, self.test_images, self.iterations)
+
+    def ordered_variants(self) -> list[Variant]:
+        # the reference first: per-layer rank variants read its trained model
+        return sorted((parse_variant(v) for v in self.variants), key=lambda v: (v.spec != self.reference, v.ranks_share is not None))
+
+    def runs(self, output_dir: Path) -> list["RunSpec"]:
+        """Every run, references before the runs that read them (seed by seed, task by task)."""
+        from .study_jobs import RunSpec
+
+        specs = []
+        reference_slug = parse_variant(self.reference).slug
+        for seed in self.seeds:
+            for task in self.tasks:
+                base = output_dir / "runs" / task
+                for variant in self.ordered_variants():
+                    specs.append(RunSpec(task, variant.spec, seed, str(base / variant.slug / f"seed{seed}"), self.budget,
+                                         self.test_images, self.iterations, str(base / reference_slug / f"seed{seed}"),
+                                         variant.ranks_share is not None))
+        return specs
+
+    def save(self, output_dir: Path) -> None:
+        from .study_jobs import PLAN
+
+        atomic_write(output_dir / PLAN, lambda tmp: Path(tmp).write_text(json.dumps(asdict(self), indent=1) + "\n"))
+
+    @classmethod
+    def load(cls, output_dir: Path) -> "StudyPlan":
+        from .study_jobs import PLAN
+
+        path = Path(output_dir) / PLAN
+        if not path.is_file():
+            raise ValueError(f"{output_dir} is not a study folder of this version (no {PLAN}): "
+                             f"run glmha study --output {output_dir} with the study's options once")
+        return cls(**json.loads(path.read_text()))
+
+
+def _check_devices(devices: Sequence[str]) -> list[str]:
+    checked = []
+    for text in devices:
+        try:
+            checked.append(str(torch.device(text)))
+        except RuntimeError:
+            raise ValueError(f"{text!r} is not a device; use cpu, cuda, cuda:1, ...") from None
+    return checked
+
+
+def _threads_warning(threads: int | None, at_once: int) -> None:
+    from .study_jobs import cpu_count
+
+    cores = cpu_count()
+    if threads and threads > cores:
+        LOG.warning(f"--threads {threads} is more than the {cores} cores this process may use: the runs will be slower, not faster")
+    elif threads and at_once > 1 and threads * at_once > cores:
+        LOG.warning(f"{at_once} runs at once x {threads} threads = {threads * at_once} threads on {cores} cores: "
+                    "the runs slow each other down (lower --threads or --jobs)")
 
 
 def run_study(
@@ -311,6 +548,13 @@ def run_study(
     log: Callable[[str], None] = print,
     test_images: int | None = 16,
     iterations: int | None = None,
+    *,
+    jobs: int | None = None,
+    devices: Sequence[str] | None = None,
+    threads: int | None = None,
+    executor: str | None = None,
+    cluster: "ClusterOptions | None" = None,
+    wait: bool = True,
 ) -> StudyResult:
     """Train every variant of every task for every seed (resuming what is done) and write the report.
 
@@ -318,11 +562,20 @@ def run_study(
     shows a few, a study needs enough of them that the test set does not decide the ranking.
     ``iterations`` replaces the budget's training iterations (the learning-rate schedule is
     stretched to run to its end), to train closer to convergence than the demo does.
-    """
-    from .demo import BUDGETS
 
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; available: {list(BUDGETS)}")
+    Where the runs go: one after the other in this process (default); ``jobs`` at once, each in
+    a fresh process on the next free of ``devices`` (round robin) with ``threads`` CPU threads
+    (default: this process's cores shared out); or, with ``executor`` ``"local"`` or ``"slurm"``,
+    as submitit jobs (``cluster``: what each Slurm job asks for; ``jobs``: at most that many at
+    once). The numbers do not depend on where runs go, given the same threads per run. A run
+    needing the reference run of its seed starts once that one is done. A failed run is
+    reported (one line, with its log) while the others go on, and :class:`StudyFailed` is
+    raised at the end. ``wait=False`` (submitit executors only) submits what can start and
+    returns; a later call, or :func:`study_status`, writes the report once all runs are done.
+    """
+    from .study_jobs import EXECUTORS, ClusterOptions, InlineExecutor, ProcessExecutor, SubmititExecutor, cpu_count, run_jobs
+
+    start = time.monotonic()
     parsed = [parse_variant(v) for v in variants]
     if len({v.spec for v in parsed}) != len(parsed):
         raise ValueError("a variant is listed twice")
@@ -332,45 +585,124 @@ def run_study(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("a study needs at least one seed")
-    device = torch.device(device)
-    output_dir = Path(output_dir)
+    settings = study_budget(budget, test_images, iterations)
+    study_tasks(settings, 0, tasks)  # unknown task names refused before anything runs
+    if executor is not None and executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; available: {list(EXECUTORS)}")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be at least 1, got {jobs!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
+    if not wait and executor is None:
+        raise ValueError("not waiting needs an executor (local or slurm): runs of this process end with it")
+    device_list = _check_devices(devices or [str(device)])
+    if executor == "slurm" and devices:
+        raise ValueError("devices are chosen on this machine; Slurm jobs get theirs from --gpus-per-job")
+    if executor is None and (jobs or 1) == 1 and len(device_list) > 1:
+        raise ValueError(f"{len(device_list)} devices but 1 run at a time: run {len(device_list)} at once (--jobs {len(device_list)}) "
+                         "to use them all")
+
+    if executor is None and (jobs or 1) == 1:
+        runner: Any = InlineExecutor(execute_run, device_list[0], threads, progress)
+        run_threads, at_once = threads or torch.get_num_threads(), 1
+    elif executor is None:
+        run_threads, at_once = threads or max(1, cpu_count() // jobs), jobs
+        runner = ProcessExecutor(WORKER_COMMAND, jobs, device_list, run_threads)
+    else:
+        at_once = jobs or (len(device_list) if executor == "local" else None)
+        run_threads = threads or (max(1, cpu_count() // at_once) if executor == "local" else None)
+        runner = SubmititExecutor(StudyJob, executor, at_once, device_list, run_threads, cluster or ClusterOptions())
+    if executor != "slurm":  # a Slurm job gets the cores it asks for (--cpus-per-task)
+        _threads_warning(threads, at_once)
+    where = (" ".join(device_list) if executor != "slurm"
+             else f"slurm ({'cuda' if (cluster or ClusterOptions()).gpus_per_job else 'cpu'})")
+    plan = StudyPlan(list(tasks), [v.spec for v in parsed], seed_list, budget, reference, test_images, iterations, where, run_threads,
+                     at_once, runner.name)
+
+    output_dir = claim_folder(Path(output_dir), "study", legacy=("study.json", "runs"))
+    specs = plan.runs(output_dir)
+    task_objects = {t.name: t for t in study_tasks(settings, 0, tasks)}
+    for spec in specs:  # finished runs of other settings refuse the folder before anything trains
+        if (Path(spec.folder) / "scores.json").is_file():
+            load_finished_run(task_objects[spec.task], parse_variant(spec.variant), spec.seed, Path(spec.folder))
+    plan.save(output_dir)
+
+    previous_threads = torch.get_num_threads()
+    try:
+        outcome = run_jobs(specs, runner, wait, log)
+    finally:
+        torch.set_num_threads(previous_threads)  # an inline run sets this process's threads
+    if outcome.failed:
+        raise StudyFailed(f"{len(outcome.failed)} of {len(specs)} runs failed, each reported above with its log "
+                          f"({', '.join(outcome.failed)}); the others are kept: run the same command again to retry the failed ones",
+                          outcome.failed)
+    if outcome.pending:
+        return StudyResult(output_dir, [], None, None, None, time.monotonic() - start, outcome.submitted, outcome.pending)
+    return write_report(output_dir, plan, time.monotonic() - start)
+
+
+def write_report(output_dir: Path, plan: StudyPlan, seconds: float = 0.0) -> StudyResult:
+    """``study.md``, ``study.json`` and ``quality_vs_macs.png`` from the finished runs of ``plan``."""
     start = time.monotonic()
-    settings = BUDGETS[budget]
-    if test_images is not None:
-        if test_images < 1:
-            raise ValueError(f"test_images must be at least 1, got {test_images}")
-        settings = dataclasses.replace(settings, test_images=test_images)
-    if iterations is not None:
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        settings = dataclasses.replace(settings, iterations=iterations)
-    # the reference first: per-layer rank variants read its trained model
-    ordered = sorted(parsed, key=lambda v: (v.spec != reference, v.ranks_share is not None))
-    runs: list[RunScores] = []
+    settings = plan.settings()
+    task_objects = {t.name: t for t in study_tasks(settings, 0, plan.tasks)}
+    runs = [load_finished_run(task_objects[spec.task], parse_variant(spec.variant), spec.seed, Path(spec.folder))
+            for spec in plan.runs(Path(output_dir))]
     higher: dict[str, bool] = {}
     primary: dict[str, str] = {}
-    total = len(tasks) * len(parsed) * len(seed_list)
-    done = 0
-    for seed in seed_list:
-        for task in study_tasks(settings, 0, tasks):
-            higher.update(task.metrics)
-            primary[task.name] = next(iter(task.metrics))
-            base = output_dir / "runs" / task.name
-            reference_folder = base / parse_variant(reference).slug / f"seed{seed}"
-            for variant in ordered:
-                done += 1
-                folder = base / variant.slug / f"seed{seed}"
-                state = "done" if (folder / "scores.json").is_file() else "training"
-                log(f"[{done}/{total}] {task.name} {variant.spec} seed {seed}: {state}")
-                runs.append(run_variant(task, variant, seed, folder, device, reference_folder, progress))
+    for task in task_objects.values():
+        higher.update(task.metrics)
+        primary[task.name] = next(iter(task.metrics))
+    reference = plan.reference
     rows = summarise(runs, reference, higher)
     markdown = format_summary(rows, reference)
-    intro = (f"Budget `{budget}` ({settings.iterations} iterations per model, {settings.test_images} held-out images per task), "
-             f"seeds {seed_list}, device `{device}` ({torch.get_num_threads()} threads); "
+    threads = f" ({plan.threads} thread{'s' if plan.threads > 1 else ''} per run)" if plan.threads else ""
+    at_once = f", {plan.jobs} runs at once" if plan.jobs and plan.jobs > 1 else ""
+    intro = (f"Budget `{plan.budget}` ({settings.iterations} iterations per model, {settings.test_images} held-out images per task), "
+             f"seeds {plan.seeds}, device `{plan.device}`{threads}{at_once}; "
              f"differences are paired by seed against `{reference}`, with the half-width of the 95 % t interval.")
     md_path = atomic_write(output_dir / "study.md", lambda tmp: Path(tmp).write_text(f"# glmha study\n\n{intro}\n\n{markdown}\n"))
-    payload = {"budget": budget, "iterations": settings.iterations, "test_images": settings.test_images, "threads": torch.get_num_threads(), "seeds": seed_list, "reference": reference, "device": str(device), "tasks": list(tasks),
-               "variants": [v.spec for v in parsed], "rows": rows, "runs": [asdict(r) for r in runs]}
+    payload = {"budget": plan.budget, "iterations": settings.iterations, "test_images": settings.test_images, "threads": plan.threads,
+               "jobs": plan.jobs, "executor": plan.executor, "seeds": plan.seeds, "reference": reference, "device": plan.device,
+               "tasks": plan.tasks, "variants": plan.variants, "rows": rows, "runs": [asdict(r) for r in runs]}
     json_path = atomic_write(output_dir / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
     figure = plot_quality_vs_macs(rows, output_dir / "quality_vs_macs.png", primary)
-    return StudyResult(output_dir, rows, md_path, json_path, figure, time.monotonic() - start)
+    return StudyResult(output_dir, rows, md_path, json_path, figure, seconds + time.monotonic() - start)
+
+
+def study_status(output_dir: str | Path) -> tuple[list["RunState"], StudyResult | None]:
+    """Where each run of the study in ``output_dir`` stands; once all are done, the report (written if out of date)."""
+    from .study_jobs import PLAN, run_state
+
+    output_dir = Path(output_dir)
+    plan = StudyPlan.load(output_dir)
+    states = [run_state(spec) for spec in plan.runs(output_dir)]
+    if any(state.state != "done" for state in states):
+        return states, None
+    report = output_dir / "study.json"
+    newest = max([(Path(s.spec.folder) / "scores.json").stat().st_mtime for s in states] + [(output_dir / PLAN).stat().st_mtime])
+    if report.is_file() and report.stat().st_mtime >= newest:
+        rows = json.loads(report.read_text())["rows"]
+        return states, StudyResult(output_dir, rows, output_dir / "study.md", report, output_dir / "quality_vs_macs.png", 0.0)
+    return states, write_report(output_dir, plan)
+
+
+def format_status(states: Sequence["RunState"], output_dir: str | Path) -> str:
+    """A table of the runs (task, variant, seed, state, why, log) and the count of each state."""
+    base = Path(output_dir)
+
+    def short(path: str | None) -> str:
+        if not path:
+            return ""
+        try:
+            return str(Path(path).relative_to(base))
+        except ValueError:
+            return path
+
+    header = ("task", "variant", "seed", "state", "detail", "log")
+    table = [header] + [(s.spec.task, s.spec.variant, str(s.spec.seed), s.state, s.detail, short(s.log)) for s in states]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in table]
+    counts = {name: sum(s.state == name for s in states) for name in ("done", "queued", "running", "failed", "missing")}
+    lines.append(", ".join(f"{count} {name}" for name, count in counts.items()) + f" (logs relative to {base})")
+    return "\n".join(line.rstrip() for line in lines)

@@ -2,9 +2,11 @@
 
 Image models (Restormer, MST++) are exported behind :class:`AnySize`, which pads the input
 to the network's size multiple and crops the output back, as :func:`glmha.restore` does, so
-the exported file takes images of any size (at least the multiple on each side). The CASSI
-MST takes the shifted-back measurement and the shifted mask as they are (H and W multiples of
-4, the mask ``2 (bands - 1)`` columns wider).
+the exported file takes images of any size (at least the multiple on each side), and clips
+the output to [0, 1] as ``glmha restore`` and ``glmha reconstruct`` do (:func:`clips_output`). The
+CASSI MST takes the shifted-back measurement and the shifted mask as they are (H and W multiples
+of 4, the mask ``2 (bands - 1)`` columns wider); its output is not clipped, as the commands keep it.
+:func:`input_convention` says, in one line, what a file takes and gives.
 
 ONNX goes through PyTorch's ``torch.export``-based exporter (``dynamo=True``): the older
 TorchScript-based exporter cannot express the channel layer norm's permutes with symbolic
@@ -41,15 +43,18 @@ def _crop_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class AnySize(nn.Module):
-    """``model`` on images of any size: reflect-pad to its size multiple, run, crop back."""
+    """``model`` on images of any size: reflect-pad to its size multiple, run, crop back; with ``clip``,
+    the output clipped to [0, 1] as the commands write it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, clip: bool = False):
         super().__init__()
         self.model = model
         self.multiple = int(getattr(model, "size_multiple", 1))
+        self.clip = clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _crop_like(self.model(_pad_to(x, self.multiple)), x)
+        out = _crop_like(self.model(_pad_to(x, self.multiple)), x)
+        return out.clamp(0, 1) if self.clip else out  # a constant branch: traced and exported as one path
 
 
 @dataclass
@@ -58,12 +63,52 @@ class ExportResult:
     format: str
     checked_sizes: list[tuple[int, int]]
     max_abs_diff: float | None  # None when the runtime to check with is not installed
+    convention: str = ""  # what the file takes and gives (input_convention)
 
 
-def _exportable(model: nn.Module) -> tuple[nn.Module, bool]:
+def clips_output(model: nn.Module) -> bool:
+    """Whether the commands clip ``model``'s output to [0, 1]: ``glmha restore`` writes PNGs (the
+    official Restormer scripts clamp too), ``glmha reconstruct`` clips MST++ and real-CASSI cubes as
+    the official test code does; the CASSI simulation MST's cubes are written as they come."""
+    from ..models.jobs import CASSI, model_job
+
+    return model_job(model) != CASSI
+
+
+def input_convention(model: nn.Module, clip: bool | None = None) -> str:
+    """One line: the inputs an exported ``model`` takes (range, channel order, layout, sizes) and the output it gives."""
+    from ..models.jobs import CASSI, REAL_CASSI, RGB_TO_HSI, model_job
+
+    module = getattr(model, "module", model)
+    job = model_job(module)
+    clip = clips_output(module) if clip is None else clip
+    multiple = int(getattr(module, "size_multiple", 1))
+    bands = int(getattr(module, "out_channels", 0))
+    output = f"output float32 N x {bands} x H x W{', clipped to [0, 1]' if clip else ''}"
+    if job == CASSI:
+        return (f"inputs x (the measurement shifted back and scaled by 2 / {bands}) float32 N x {bands} x H x W and mask (the "
+                f"shifted 3-D coded aperture, values in [0, 1]) N x {bands} x H x (W + {module.mask_width_extra}), H and W multiples of "
+                f"{multiple}, no padding inside; {output}")
+    sizes = (f"any H and W (reflect-padded inside to a multiple of {multiple}, the output cropped back)" if multiple > 1
+             else "any H and W")
+    if job == REAL_CASSI:
+        return (f"input x: the raw measurement float32 N x 1 x H x (W + {module.measurement_extra_width}), clipped to [0, 1] "
+                f"and scaled to a maximum of 0.8 as the official real-data test code does; {sizes}; {output}")
+    if job == RGB_TO_HSI:
+        return (f"input x: float32 N x 3 x H x W (NCHW), RGB, each image min-max normalised to [0, 1] ((x - min) / (max - min), "
+                f"as the official MST++ test code); {sizes}; {output}")
+    channels = int(getattr(module, "in_channels", 3))
+    order = {1: "grey", 3: "RGB", 6: "the left then the right view, RGB each (dual pixel)"}.get(channels, f"{channels} channels")
+    return (f"input x: float32 N x {channels} x H x W (NCHW), {order}, values in [0, 1] (8-bit / 255, 16-bit / 65535); "
+            f"{sizes}; {output}")
+
+
+def _exportable(model: nn.Module, clip: bool | None = None) -> tuple[nn.Module, bool]:
     module = getattr(model, "module", model)  # glmha.optimize's wrapper: export the model itself
     mask_guided = bool(getattr(module, "mask_guided", False))
-    return (module if mask_guided else AnySize(module)).eval(), mask_guided
+    if mask_guided:  # the CASSI MST takes its two inputs as they are, and its output is not clipped
+        return module.eval(), True
+    return AnySize(module, clips_output(module) if clip is None else clip).eval(), False
 
 
 def _example(module: nn.Module, mask_guided: bool, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -102,6 +147,7 @@ def export_model(
     opset: int | None = None,
     *,
     overwrite: bool = True,
+    clip: bool | None = None,
 ) -> ExportResult:
     """Write ``model`` as ``fmt`` (``"onnx"`` or ``"torchscript"``) with dynamic H and W, atomically.
 
@@ -109,13 +155,15 @@ def export_model(
     every size (onnxruntime for ONNX, when installed; ``torch.jit.load`` for TorchScript) and
     compared with the PyTorch model. Returns the largest absolute difference seen. ``opset``
     (ONNX only) is honoured or refused (:func:`check_opset`), never silently replaced; with
-    ``overwrite=False`` an existing ``path`` is never replaced.
+    ``overwrite=False`` an existing ``path`` is never replaced. ``clip`` (default: as the commands,
+    :func:`clips_output`) puts the clip of the output to [0, 1] into the file, so that it gives
+    what ``glmha restore`` and ``glmha reconstruct`` write; :func:`input_convention` says what it takes.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if opset is not None:
         check_opset(opset, fmt)
-    module, mask_guided = _exportable(model)
+    module, mask_guided = _exportable(model, clip)
     example = _example(module, mask_guided, *sizes[0])
     names = ["x", "mask"] if mask_guided else ["x"]
     path = Path(path)
@@ -146,7 +194,7 @@ def export_model(
 
     atomic_write(path, write_checked, replace=overwrite)
     diff = check_export(module, path, fmt, mask_guided, sizes)
-    return ExportResult(path, fmt, list(sizes), diff)
+    return ExportResult(path, fmt, list(sizes), diff, input_convention(model, getattr(module, "clip", False)))
 
 
 # The first opset torch.onnx's exporter (dynamo=True) writes; older ones it converts up to this.

@@ -9,12 +9,19 @@
 - ``torch.compile`` of each block that holds an attention layer (Restormer's transformer
   blocks, MST's attention blocks), each as one graph (``fullgraph=True``: a graph break is an
   error, not a silent slowdown). Blocks of the same shape share one compiled graph, so a
-  Restormer compiles 5 small graphs instead of one of 40-odd blocks: the first call takes
-  under a minute on a CPU instead of several. ``scope="model"`` compiles the whole forward as
-  one graph with Inductor's weight freezing instead (the same speed, the longest compile);
+  Restormer of any width compiles 5 graphs per input size instead of one of 40-odd blocks.
+  ``scope="model"`` compiles the whole forward as one graph with Inductor's weight freezing
+  instead (the same speed, the longest compile);
 - optionally bf16/fp16 autocast; the models keep their norms and softmax in float32.
 
-The float32 paths match the plain model to float rounding (tests/test_fast.py checks 1e-5 on
+The first call of each input size pays for the compiles: on a two-core CPU about 32 to
+34 s (measured), as much for a 0.2 M-parameter Restormer as for the 26 M one (the graphs cost, not
+the weights). Inductor keeps the compiled kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by
+default ``/tmp/torchinductor_$USER``), so a later process with the same shapes only traces
+again; ``compile=False`` skips compiling. docs/benchmarks.md ("The first call") has the
+measurements of a first and a second process.
+
+The float32 paths match the plain model to float rounding (tests/inference/test_fast.py checks 1e-5 on
 the official golden outputs); autocast trades that exactness for speed and is off by default.
 Measured speed-ups: docs/benchmarks.md.
 """
@@ -170,9 +177,10 @@ def optimize(
     Args:
         model: any glmha model (or module taking image batches).
         compile: ``torch.compile`` the model (see ``scope``). The first call of each input shape
-            compiles (under a minute on a CPU for a full Restormer with ``scope="blocks"``,
-            minutes with ``"model"``; docs/benchmarks.md); later calls are fast. Inductor keeps
-            its results on disk, so a later process compiles faster.
+            compiles (with ``scope="blocks"``, about 35 s on a two-core CPU for a
+            Restormer of any size, 3 to 8 s with Inductor's cache of an earlier process, longer with ``"model"``; docs/benchmarks.md); later calls
+            are fast. Inductor keeps its kernels on disk (``TORCHINDUCTOR_CACHE_DIR``), so a
+            later process with the same shapes only traces again.
         channels_last: convert the weights (in place) and the 4-D inputs to channels-last.
         inference: in eval mode, run under ``torch.inference_mode`` (outputs carry no
             autograd history). Training mode is never affected.

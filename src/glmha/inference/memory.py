@@ -2,7 +2,8 @@
 
 :func:`activation_cost` tracks every tensor the forward allocates on the meta device (no
 memory, no arithmetic), so the per-pixel number is the model's, not a guess;
-:func:`default_memory_budget` is a safe share of what the device has free.
+:func:`default_memory_budget` is a safe share of what the device has free;
+:func:`tile_memory_limit` the CPU's cap on one forward, for speed.
 """
 from __future__ import annotations
 
@@ -96,8 +97,25 @@ def parse_memory(text: str) -> int:
     return int(value)
 
 
+# On the CPU a tiled run is fastest with small tiles: large forwards spend their time in the
+# kernel (page faults of fresh activations; more system than user time). Measured on 2 cores,
+# both a width-16 Restormer at 1500x2000 and the official one at 512x768 ran fastest with one
+# forward under 128-256 MiB (17-20 s and 49-52 s) and slowest whole or under 1 GiB (36-44 s,
+# 57-66 s). So on the CPU one forward (with tiling's safety factor) is kept under this, whatever
+# the budget; on GPUs the budget alone decides.
+# measured: docs/benchmarks.md ("Tile size on the CPU", benchmarks/tile_sweep.py)
+CPU_TILE_MEMORY = 256 * 2**20
+
+
+def tile_memory_limit(device: str | torch.device) -> int | None:
+    """The most one forward of ``tile="auto"`` may take for speed: :data:`CPU_TILE_MEMORY` on the CPU, None (no cap) elsewhere."""
+    return CPU_TILE_MEMORY if torch.device(device).type == "cpu" else None
+
+
 def default_memory_budget(device: str | torch.device) -> int:
-    """A safe share of the memory free now: 80% of the GPU's free memory, or half of the available RAM."""
+    """A safe share of the memory free now: 80% of the GPU's free memory, or half of the available RAM.
+
+    On the CPU the tiles are smaller still, for speed: :func:`tile_memory_limit`."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)

@@ -22,8 +22,8 @@ from torch import nn
 from ..io.files import OutputExistsError, claim_outputs
 from ..validation import InputError, check_finite_output, check_image_batch
 from .ensemble import check_ensemble, self_ensemble
-from .memory import ActivationCost, activation_cost, default_memory_budget
-from .tiling import TILE_MODES, pad_to_multiple, plan_tile, round_tile, run_blended_tiles, run_official_tiles
+from .memory import ActivationCost, activation_cost, default_memory_budget, tile_memory_limit
+from .tiling import TILE_MODES, announce_plan, pad_to_multiple, plan_tile, round_tile, run_blended_tiles, run_official_tiles
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,17 @@ def restore(
     ``tile="auto"`` runs the image whole when it fits ``max_memory`` bytes (default: a safe
     share of the free memory of the model's device, :func:`default_memory_budget`) and
     otherwise in the largest tiles that fit, from the model's measured activation memory
-    (:func:`activation_cost`, or ``cost``). On CUDA an out-of-memory error then retries with
+    (:func:`activation_cost`, or ``cost``); on the CPU one forward is also kept under
+    :func:`~glmha.inference.memory.tile_memory_limit`, where larger tiles run slower. On CUDA an out-of-memory error then retries with
     tiles half as large, and says so. ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"``
     (autocast, :func:`precision_context`); an input of another floating dtype than the
     weights (float64, float16, bfloat16) is cast to theirs, and the output comes back in
     ``x``'s dtype. ``ensemble="mean"`` or ``"median"`` runs all of this on the 8 flips and
     rotations of the image and combines the outputs (8 forwards,
-    :func:`~glmha.inference.ensemble.self_ensemble`). ``progress`` shows a bar over the tiles.
+    :func:`~glmha.inference.ensemble.self_ensemble`). ``progress`` says on stderr how a tiled image is cut
+    (tile size, number of tiles, budget) and, every few seconds, how many tiles are done and the time
+    left; without it the plan goes to the ``glmha`` logger at INFO
+    (:func:`~glmha.inference.tiling.announce_plan`).
     """
     check_image_batch(x, getattr(model, "in_channels", None))
     check_ensemble(ensemble, model)
@@ -113,14 +117,23 @@ def restore(
             return run_official_tiles(run, image, side, overlap, multiple, pad_mode, progress)
         return run_blended_tiles(run, image, side, overlap, progress)
 
+    said: list[str] = []  # the plan is said once per call (the self-ensemble runs 8 images)
+
     def run_image(image: torch.Tensor) -> torch.Tensor:
-        if tile != "auto":
-            return run_tiled(image, tile)
         h, w = image.shape[-2:]
+        if tile != "auto":
+            if tile and max(h, w) > tile and not said:
+                said.append(announce_plan(h, w, tile, overlap, progress, mode=tile_mode, multiple=multiple))
+            return run_tiled(image, tile)
         # Full-size planes a tiled run keeps next to the tiles when both live in the same memory.
         planes = image.shape[0] * (image.shape[1] + int(getattr(model, "out_channels", image.shape[1]) or image.shape[1])) + 1
         image_bytes = 4 * planes if image.device.type == device.type else 0.0
-        chosen = plan_tile(h, w, cost, max_memory, multiple, overlap, image.shape[0], image_bytes)
+        limit = tile_memory_limit(device)
+        chosen = plan_tile(h, w, cost, max_memory, multiple, overlap, image.shape[0], image_bytes, tile_memory=limit)
+        if chosen is not None and not said:  # the cap is named when it, not the budget, set the size
+            capped = limit is not None and chosen != plan_tile(h, w, cost, max_memory, multiple, overlap, image.shape[0], image_bytes)
+            said.append(announce_plan(h, w, chosen, overlap, progress, mode=tile_mode, multiple=multiple, budget=max_memory,
+                                      tile_memory=limit if capped else None))
         while True:
             try:
                 return run_tiled(image, chosen)
