@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..inference.memory import format_duration
 from ..io.files import atomic_write
 
 # The engine task a teacher is distilled on, from its preset or its architecture.
@@ -225,14 +226,6 @@ class DistillInterrupted(KeyboardInterrupt):
         self.main = main
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(seconds, 1):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 class ChoiceProgress:
     """``progress(done, total)`` of the rank choice as lines ``rank choice: teacher run 37/176, ~3 min left`` on
     ``stream`` (stderr), at most one per ``interval`` seconds, and one when done. The time left is measured
@@ -252,8 +245,8 @@ class ChoiceProgress:
         if not self.enabled or (done < total and (now - self.last < self.interval or done == done_then)):
             return
         self.last = now
-        state = f"~{_duration((now - since) / (done - done_then) * (total - done))} left" if done < total \
-            else f"done in {_duration(now - self.start)}"
+        state = f"~{format_duration((now - since) / (done - done_then) * (total - done))} left" if done < total \
+            else f"done in {format_duration(now - self.start)}"
         print(f"rank choice: teacher run {done}/{total}, {state}", file=self.stream or sys.stderr, flush=True)
 
 
@@ -633,10 +626,10 @@ def _choose_on_device(ctx, teacher, task, train_data, seed, rank_ratio, share, m
     if talk:
         shared = f" per process ({ctx.world_size} share the layers)" if ctx.world_size > 1 else ""
         line = (f"choosing the student's per-layer ranks: {plan.runs} teacher runs{shared} on {plan.describe()}, "
-                f"~{_duration(plan.seconds)} on {where.type}")
+                f"~{format_duration(plan.seconds)} on {where.type}")
         if plan.budgeted:
-            line = (f"the full rank choice would take ~{_duration(plan.full_seconds)} on {where.type}, over its budget of "
-                    f"{_duration(plan.budget_s)}; {line}")
+            line = (f"the full rank choice would take ~{format_duration(plan.full_seconds)} on {where.type}, over its budget of "
+                    f"{format_duration(plan.budget_s)}; {line}")
             if plan.seconds > plan.budget_s:
                 line += "; no cheaper choice is offered: --rank-ratio 0.5 skips it and trains at once"
             else:
@@ -684,9 +677,9 @@ def format_report(summary: Mapping[str, Any]) -> str:
     if analysis:
         lines += [f"Ranks chosen on {analysis['crops']} training crop{'s' if analysis['crops'] > 1 else ''} of at most {analysis['side']} px "
                   f"with {analysis['candidates']} candidate ranks per layer ({analysis['runs']} teacher runs per process, "
-                  f"estimated {_duration(analysis['seconds'])} on {analysis['device']})"
-                  + (f": the full choice, estimated {_duration(analysis['full_seconds'])}, was over the budget of "
-                     f"{_duration(analysis['budget_s'])}." if analysis.get("budgeted") else "."), ""]
+                  f"estimated {format_duration(analysis['seconds'])} on {analysis['device']})"
+                  + (f": the full choice, estimated {format_duration(analysis['full_seconds'])}, was over the budget of "
+                     f"{format_duration(analysis['budget_s'])}." if analysis.get("budgeted") else "."), ""]
     if choice.get("ranks"):
         lines += ["| layer | rank |", "| --- | ---: |"] + [f"| {name} | {rank} |" for name, rank in choice["ranks"].items()] + [""]
     if "params" in summary:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..io.files import OutputExistsError, atomic_write
+from ..io.files import OutputExistsError, atomic_write, pid_alive
 
 SCORES = "scores.json"
 FAILURE = "failure.json"
@@ -124,19 +124,6 @@ def read_claim(folder: Path) -> dict | None:
     return _read_json(claims[-1][1]) if claims else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    try:  # a killed child not yet reaped by its parent still answers kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def claim_is_stale(record: dict | None, executor: str | None = None, job_id: str | None = None) -> bool:
     """Whether a claim may be taken over: its process or job has ended, or it is this job's own (requeued)."""
     if record is None:
@@ -144,7 +131,7 @@ def claim_is_stale(record: dict | None, executor: str | None = None, job_id: str
     if job_id and record.get("job_id") == job_id and record.get("executor") == executor:
         return True
     if record.get("host") == socket.gethostname():
-        return not _pid_alive(int(record.get("pid", 0)))
+        return not pid_alive(int(record.get("pid", 0)))
     if record.get("executor") == "slurm" and record.get("job_id"):
         return slurm_state(str(record["job_id"])) == "ended"
     return False  # another machine's process, not a Slurm job: cannot tell, so it is respected
@@ -208,7 +195,7 @@ def job_state(record: dict) -> str:
     if record.get("host") != socket.gethostname():
         return "unknown"  # a local job of another machine
     try:
-        return "running" if _pid_alive(int(record.get("job_id"))) else "ended"  # a local job's id is its controller's pid
+        return "running" if pid_alive(int(record.get("job_id"))) else "ended"  # a local job's id is its controller's pid
     except (TypeError, ValueError):
         return "unknown"
 

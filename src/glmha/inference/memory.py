@@ -137,5 +137,14 @@ def _available_ram() -> int:
         return 4 * 2**30  # no way to ask: assume a small machine
 
 
+def format_duration(seconds: float) -> str:
+    """A duration for people: ``45 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def format_bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

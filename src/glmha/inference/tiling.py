@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import InputError
-from .memory import ActivationCost, format_bytes
+from .memory import ActivationCost, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,6 @@ def announce_plan(
     return message
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(seconds, 1):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 PROGRESS_INTERVAL = 10.0  # seconds between two progress lines of a tiled run
 
 
@@ -190,11 +182,11 @@ class TileProgress:
         elapsed = now - self.start
         if self.done >= self.total:
             if self.said:
-                self._say(f"tile {self.done}/{self.total}, done in {_duration(elapsed)}")
+                self._say(f"tile {self.done}/{self.total}, done in {format_duration(elapsed)}")
             return
         if now - self.last >= self.interval:
             left = elapsed / self.done * (self.total - self.done)
-            self._say(f"tile {self.done}/{self.total}, ~{_duration(left)} left")
+            self._say(f"tile {self.done}/{self.total}, ~{format_duration(left)} left")
             self.last = now
 
     def _say(self, message: str) -> None:

@@ -91,6 +91,20 @@ def _claim_path(path: Path) -> Path:
     return path.parent / f".{path.name}{_CLAIM_SUFFIX}"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (a killed child its parent has not reaped does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    try:  # a zombie still answers kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _claim_is_stale(claim: Path) -> bool:
     """A claim left by a process of this machine that no longer runs (killed before it could remove it)."""
     try:
@@ -100,13 +114,7 @@ def _claim_is_stale(claim: Path) -> bool:
         return False  # unreadable or being written: treat as held
     if host != socket.gethostname():
         return False  # another machine's process: cannot tell, so it is respected
-    try:
-        os.kill(pid_number, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(pid_number)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..validation import InputError
-from .files import atomic_write, is_claim, is_temporary
+from .files import atomic_write, is_claim, is_temporary, pid_alive
 
 MARKER = ".glmha-folder.json"
 LOCK = ".lock"
@@ -117,19 +117,12 @@ def remove_own_temporaries(folder: str | os.PathLike, subfolders: Sequence[str] 
         if not place.is_dir():
             continue
         for path in place.iterdir():
-            if is_temporary(path) and path.is_file() and not _pid_alive(int(path.name.rsplit(".glmha-", 1)[1].split("-")[0])):
+            if is_temporary(path) and path.is_file() and not _other_process_alive(int(path.name.rsplit(".glmha-", 1)[1].split("-")[0])):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's leftovers are its own to remove
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
+
+def _other_process_alive(pid: int) -> bool:
+    return pid != os.getpid() and pid_alive(pid)  # this process's leftovers are its own to remove
