@@ -76,6 +76,9 @@ def test_sigterm_is_an_interrupt_while_a_command_runs(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # restored for the caller
 
 
+IMAGES = 300
+
+
 @pytest.fixture(scope="module")
 def restore_job(tmp_path_factory):
     """A tiny Restormer and enough images that restoring them takes seconds."""
@@ -88,8 +91,8 @@ def restore_job(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(60):
-        cv2.imwrite(str(images / f"{i:02d}.png"), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
+    for i in range(IMAGES):  # many, so that a loaded machine still signals well before the end
+        cv2.imwrite(str(images / f"{i:03d}.png"), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
     return checkpoint, images
 
 
@@ -113,7 +116,7 @@ def test_restore_stopped_by_a_signal(restore_job, tmp_path, sig, code):
     said = [line for line in re.split(r"[\r\n]", err) if line.strip() and not line.startswith("restoring:")]  # less the progress bar
     assert said == [f"glmha restore: interrupted; {glmha.cli.restore.INTERRUPTED.format(output=out)}"]
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith(".glmha-folder"))
-    assert written and len(written) < 60
+    assert written and len(written) < IMAGES
     for name in written:  # only whole PNGs: no temporary file, no claim, no partial image
         assert name.endswith(".png") and not name.startswith(".")
         assert cv2.imread(str(out / name)).shape == (160, 160, 3)
