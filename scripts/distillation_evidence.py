@@ -29,7 +29,8 @@ from glmha.models.checkpoint import load_model
 from glmha.experiments.demo import BUDGETS, _test_batches, _to
 from glmha.experiments.distill import distill
 from glmha.engine.trainer import train
-from glmha.experiments.study import _score, parse_variant, run_variant, study_tasks, t_interval
+from glmha.experiments.study import _score, parse_variant, run_variant, study_tasks
+from glmha.experiments.study_report import t_interval
 
 MODELS = ("teacher", "distilled", "scratch", "svd_finetune")
 

@@ -7,7 +7,8 @@ import torch
 
 from glmha.cli import main
 from glmha.experiments.demo import BUDGETS
-from glmha.experiments.study import RunScores, build_variant_model, parse_variant, run_study, study_tasks, summarise, t_interval
+from glmha.experiments.study import RunScores, build_variant_model, parse_variant, run_study, study_tasks
+from glmha.experiments.study_report import summarise, t_interval
 
 
 def test_variant_specs():

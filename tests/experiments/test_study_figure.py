@@ -2,7 +2,8 @@
 import pytest
 
 from glmha.experiments import report
-from glmha.experiments.study import RunScores, plot_quality_vs_macs, summarise, t_interval
+from glmha.experiments.study import RunScores
+from glmha.experiments.study_report import plot_quality_vs_macs, summarise, t_interval
 
 
 @pytest.fixture

@@ -154,11 +154,17 @@ def test_train_refuses_a_folder_of_other_files(tmp_path, cli, content):
     assert snapshot(tmp_path) == before
 
 
-def test_train_keeps_trained_weights_of_its_own_run(tmp_path, cli):
-    """A run folder of glmha train whose checkpoints are gone: its weights are not retrained over, with or without --resume never."""
+def _trained_run(tmp_path: Path, cli) -> tuple[Path, Path]:
+    """A smoke config and its finished run folder."""
     config = _config(tmp_path / "cfg")
     run_folder = tmp_path / "run"
     assert cli("train", config, "--output-dir", run_folder, *SMOKE).code == 0
+    return config, run_folder
+
+
+def test_train_keeps_trained_weights_of_its_own_run(tmp_path, cli):
+    """A run folder of glmha train whose checkpoints are gone: its weights are not retrained over, with or without --resume never."""
+    config, run_folder = _trained_run(tmp_path, cli)
     # resumed from its own config.yaml: the file is the run's, read and not rewritten
     saved = (run_folder / "config.yaml").read_bytes()
     assert cli("train", run_folder / "config.yaml", "--output-dir", run_folder, "train.progress=false").code == 0
@@ -189,9 +195,7 @@ def test_demo_and_study_folders_are_not_each_others(tmp_path, cli):
 def test_evaluate_never_saves_into_the_test_set(tmp_path, cli):
     from glmha.data.restoration import write_synthetic_folder
 
-    config = _config(tmp_path / "cfg")
-    run_folder = tmp_path / "run"
-    assert cli("train", config, "--output-dir", run_folder, *SMOKE).code == 0
+    config, run_folder = _trained_run(tmp_path, cli)
     root = write_synthetic_folder(tmp_path / "Test", "deraining", num_images=2, image_size=32, seed=1)
     before = snapshot(tmp_path / "Test")
     for output in (root, root / "target", root / "eval", tmp_path):  # the set, inside it, and a folder holding it

@@ -102,7 +102,8 @@ def _cluster(args: argparse.Namespace):
 
 
 def _status(folder: str) -> None:
-    from ..experiments.study import format_status, study_status
+    from ..experiments.study import study_status
+    from ..experiments.study_report import format_status
 
     states, report = study_status(folder)
     print(format_status(states, folder))

@@ -19,9 +19,8 @@ from .files import atomic_write, is_claim, is_temporary, pid_alive
 
 MARKER = ".glmha-folder.json"
 LOCK = ".lock"
-# The kinds of folders, as users know them.
-KINDS = {"train": "training run", "evaluate": "evaluation", "demo": "demo", "study": "study", "distill": "distillation",
-         "rank": "rank analysis"}
+# The kinds of folders, as users know them (a distillation trains through glmha train: its folder is a training run).
+KINDS = {"train": "training run", "evaluate": "evaluation", "demo": "demo", "study": "study", "rank": "rank analysis"}
 
 
 class FolderError(InputError):
